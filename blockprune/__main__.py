@@ -1,0 +1,5 @@
+import sys
+
+from blockprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""Entry point of the `blockprune` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core import __version__
+    from core.cli import add_engine_commands
+
+    parser = argparse.ArgumentParser(
+        prog="blockprune",
+        description="Training-free block pruning of LLMs (BlockPruner, arXiv 2406.10594).",
+    )
+    parser.add_argument("--version", action="version", version=f"blockprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_engine_commands(sub)
+    try:  # the service commands exist only where the service extra is installed
+        from worker.commands import add_service_commands
+    except ImportError:
+        pass
+    else:
+        add_service_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.cli import run_command
+
+    args = build_parser().parse_args(argv)  # bad arguments: argparse exits 2 with one line
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny randomly initialised Llama-family models (milliseconds to build)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach for a hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab: int = 97):
+    """A tiny random causal LM of the given family, in eval mode, fp32."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+    )
+    families = {
+        "llama": (LlamaConfig, LlamaForCausalLM, {}),
+        # a window shorter than the test sequences, so masks are exercised
+        "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 6}),
+        "qwen2": (
+            Qwen2Config,
+            Qwen2ForCausalLM,
+            {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1},
+        ),
+    }
+    config_cls, model_cls, extra = families[arch]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**common, **extra)).eval()
+    # Random init gives near-uniform logits; scale up so perplexities differ between blocks.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    return model
+
+
+def tiny_ids(n: int = 6, t: int = 16, vocab: int = 97, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, t), generator=g)
+
+
+@pytest.fixture(params=["llama", "mistral", "qwen2"])
+def arch(request) -> str:
+    return request.param
