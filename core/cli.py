@@ -159,10 +159,8 @@ def print_summary(info: dict, seconds: float) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * w for w in widths))
-    params = info.get("params", {})
-    if params:
-        before, after = params["before"], params["after"]
-        print(f"parameters: {before:,} -> {after:,} ({100 * (1 - after / before):.1f}% removed)")
+    before, after = info["params_before"], info["params_after"]
+    print(f"parameters: {before:,} -> {after:,} ({100 * (1 - after / before):.1f}% removed)")
     print(f"time: {seconds:.0f} s")
 
 

@@ -151,7 +151,7 @@ def run_prune(
         base_ppl=state["base_ppl"],
         calibration=calibration.description,
         seed=spec.seed,
-        source={**loaded.description, "spec": spec.to_json()},
+        source={**loaded.description, "model": spec.model, "settings": spec.to_json()},
         overwrite=overwrite,
     )
     return PruneResult(state, Path(path))

@@ -1,0 +1,109 @@
+"""Engine vs plain greedy BlockPruner search on SmolLM2-135M, side by side in one process.
+
+The two searches alternate iteration by iteration (the plain iteration k runs right after the
+engine's iteration k), with the same batch, dtype and threads, so machine noise hits both alike.
+
+    python bench/search_speed.py [--data ../shared/data/wikitext-2/valid.txt] [--iterations 3]
+
+Last line: RESULT picks_identical=true|false speedup=X.XX
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from core.blocks import Block, BlockModel
+from core.calibration import load_calibration
+from core.models import load_model
+from core.naive import full_pass_ppl
+from core.search import SearchConfig, run_search
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/valid.txt"
+
+
+def plain_iteration(bm: BlockModel, ids: torch.Tensor, removed: list[Block], batch: int | None):
+    """One iteration of the plain search: every candidate a full forward from the embeddings."""
+    scores = [
+        (full_pass_ppl(bm, ids, removed + [b], batch), b)
+        for b in bm.candidates("mix")
+        if b not in removed
+    ]
+    return min(scores, key=lambda s: s[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="builtin:smollm2-135m")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=None, help="sequences per forward (all)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    loaded = load_model(args.model)
+    bm = BlockModel(loaded.model)
+    ids = load_calibration(args.data, loaded.tokenizer, args.samples, args.seq_len).input_ids
+    print(
+        f"model {args.model}: {bm.num_layers} layers, {bm.total_params():,} params; "
+        f"calibration {args.samples} x {args.seq_len} tokens from {args.data}; "
+        f"threads {args.threads}, batch {args.batch_size or args.samples}, float32"
+    )
+
+    plain_removed: list[Block] = []
+    rows = []
+    engine_time = plain_time = 0.0
+    mark = time.perf_counter()
+
+    def after_engine_iteration(state: dict) -> None:
+        nonlocal mark, engine_time, plain_time
+        t_engine = time.perf_counter() - mark
+        t0 = time.perf_counter()
+        ppl, block = plain_iteration(bm, ids, plain_removed, args.batch_size)
+        t_plain = time.perf_counter() - t0
+        plain_removed.append(block)
+        e = state["removed"][-1]
+        rows.append(
+            (
+                len(rows) + 1,
+                f"{e['block']}.{e['layer']}",
+                e["ppl"],
+                t_engine,
+                str(block),
+                ppl,
+                t_plain,
+            )
+        )
+        engine_time += t_engine
+        plain_time += t_plain
+        print(f"iteration {len(rows)}: engine {t_engine:.1f} s, plain {t_plain:.1f} s", flush=True)
+        mark = time.perf_counter()
+
+    state = run_search(
+        bm,
+        ids,
+        SearchConfig(num_blocks=args.iterations, batch_size=args.batch_size),
+        on_iteration=after_engine_iteration,
+    )
+
+    print()
+    print("| iter | engine pick | engine PPL | engine s | plain pick | plain PPL | plain s |")
+    print("|-----:|------------|-----------:|---------:|-----------|----------:|--------:|")
+    for n, eb, ep, et, pb, pp, pt in rows:
+        print(f"| {n} | {eb} | {ep:.6f} | {et:.1f} | {pb} | {pp:.6f} | {pt:.1f} |")
+    identical = all(r[1] == r[4] and r[2] == r[5] for r in rows)
+    speedup = plain_time / engine_time
+    print(
+        f"| total | | base PPL {state['base_ppl']:.6f} | {engine_time:.1f} | | | {plain_time:.1f} |"
+    )
+    print(f"RESULT picks_identical={str(identical).lower()} speedup={speedup:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The README.md model card of an export, rendered from its pruning.json record."""
+
+from __future__ import annotations
+
+import json
+
+
+def _base_name(pruning: dict) -> str | None:
+    base = pruning.get("base_model") or {}
+    name = base.get("model") or base.get("name") or base.get("repo_id")
+    return str(name) if name else None
+
+
+def render_model_card(pruning: dict, weights_dir: str) -> str:
+    """A short card: base model, removed blocks, perplexity and size before/after, how to load."""
+    base = _base_name(pruning)
+    removed = pruning["removed"]
+    before, after = pruning["params_before"], pruning["params_after"]
+    layers_before, layers_after = pruning["num_layers_before"], len(pruning["kept_layers"])
+    front = ["---", "library_name: transformers", "tags:", "- blockprune", "- pruned"]
+    if base:
+        front.append(f"base_model: {json.dumps(base)}")  # a JSON string is a valid YAML scalar
+    front.append("---")
+    title = f"# {base} (block-pruned)" if base else "# Block-pruned model"
+    rows = [
+        f"| {n} | {r['block']} | {r['layer']} | {r['ppl']:.4f} |" for n, r in enumerate(removed, 1)
+    ]
+    lines = [
+        *front,
+        "",
+        title,
+        "",
+        f"Pruned with BlockPrune {pruning['engine_version']} (BlockPruner, arXiv 2406.10594): "
+        f"{len(removed)} of {2 * layers_before} residual blocks removed "
+        f"(`mha` = self-attention, `mlp` = feed-forward); "
+        f"{layers_before - layers_after} layers lost both blocks and were dropped.",
+        "",
+        "| | Before | After |",
+        "|---|---|---|",
+        f"| Parameters | {before:,} | {after:,} ({100 * (before - after) / before:.1f}% fewer) |",
+        f"| Calibration perplexity | {pruning['base_ppl']:.4f} | {pruning['final_ppl']:.4f} |",
+        f"| Layers | {layers_before} | {layers_after} |",
+        "",
+        "## Removed blocks, in removal order",
+        "",
+        "| # | Block | Layer | Perplexity after removing it |",
+        "|---|---|---|---|",
+        *(rows or ["| - | none | - | - |"]),
+        "",
+        f"Calibration: `{json.dumps(pruning['calibration'], sort_keys=True)}`, "
+        f"seed {pruning['seed']}. Exported layer j is original layer `kept_layers[j]` "
+        "in `pruning.json`, which holds this whole record.",
+        "",
+        "## Loading",
+        "",
+        "With transformers, running the modeling code shipped in this directory:",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{weights_dir}", trust_remote_code=True)',
+        "```",
+        "",
+        "With BlockPrune installed, without running any code from this directory:",
+        "",
+        "```python",
+        "from core.export import load_pruned",
+        "",
+        f'model = load_pruned("{weights_dir}")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

