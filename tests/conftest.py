@@ -61,3 +61,24 @@ def tiny_ids(n: int = 6, t: int = 16, vocab: int = 97, seed: int = 1) -> torch.T
 @pytest.fixture(params=["llama", "mistral", "qwen2"])
 def arch(request) -> str:
     return request.param
+
+
+WORDS = [f"w{i}" for i in range(80)]
+
+
+def word_tokenizer():
+    """A tiny word-level tokenizer (83 ids, fits the 97-token tiny models), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "."] + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", model_max_length=16
+    )
+
+
+def random_text(n_words: int, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (n_words,), generator=g))

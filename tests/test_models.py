@@ -7,8 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_ids, tiny_model
-from test_calibration import word_tokenizer
+from conftest import tiny_ids, tiny_model, word_tokenizer
 
 from core import models
 from core.blocks import SUPPORTED_MODEL_TYPES, BlockModel
