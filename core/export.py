@@ -37,6 +37,7 @@ from core.hf_modeling_template import (
     block_config_flags,
 )
 from core.model_card import render_model_card
+from core.plot import pruning_svg
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -136,6 +137,7 @@ def export_pruned(
         (tmp / MODELING_FILE).write_text(modeling_code)
         _write_json(tmp / PRUNING_FILE, pruning)
         (tmp / "README.md").write_text(render_model_card(pruning, weights_dir=out.name))
+        (tmp / "pruning.svg").write_text(pruning_svg(pruning))
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

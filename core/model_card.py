@@ -43,6 +43,8 @@ def render_model_card(pruning: dict, weights_dir: str) -> str:
         "",
         "## Removed blocks, in removal order",
         "",
+        "![PPL after each step and the removed blocks by layer](pruning.svg)",
+        "",
         "| # | Block | Layer | Perplexity after removing it |",
         "|---|---|---|---|",
         *(rows or ["| - | none | - | - |"]),

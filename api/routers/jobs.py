@@ -1,0 +1,172 @@
+"""/v1/jobs: create, read, list, cancel, history and artifacts of a tenant's pruning jobs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.errors import ApiError, not_found
+from api.schemas import (
+    ArtifactFile,
+    Artifacts,
+    EventList,
+    EventView,
+    JobCreate,
+    JobList,
+    JobView,
+)
+from core.errors import UserError
+from worker import jobstore
+from worker.models import STATUSES
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+StatusFilter = Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")]
+
+
+def _check_with_engine(body: JobCreate) -> str:
+    """The engine's own checks of the spec (same rules as the CLI); returns its config hash."""
+    from core.pipeline import PruneSpec
+
+    spec = PruneSpec(**body.spec())
+    try:
+        spec.validate()
+        _check_builtin(body)
+    except UserError as e:
+        raise ApiError(422, e.code, str(e), field=e.field) from None
+    return spec.config_hash()
+
+
+def _check_builtin(body: JobCreate) -> None:
+    from core.calibration import BUILTIN_SOURCES
+    from core.models import BUILTIN_MODELS
+
+    if body.model.startswith("builtin:") and body.model[8:] not in BUILTIN_MODELS:
+        raise UserError("model", f"unknown builtin model; known: {', '.join(BUILTIN_MODELS)}")
+    if body.calibration.startswith("builtin:") and body.calibration not in BUILTIN_SOURCES:
+        raise UserError("calibration", f"unknown builtin source; known: {BUILTIN_SOURCES}")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobView)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> JobView:
+    """Queue a job. With an `Idempotency-Key`, a retry returns the job the first call made
+    (200); the same key with a different body is a 409."""
+    config_hash = _check_with_engine(body)
+    try:
+        job, created = jobstore.create_job(
+            session,
+            tenant_id=tenant,
+            spec=body.spec(),
+            config_hash=config_hash,
+            metadata=body.metadata,
+            webhook_url=str(body.webhook_url) if body.webhook_url else None,
+            idempotency_key=idempotency_key,
+            request_hash=body.request_hash(),
+            max_attempts=settings.max_attempts,
+        )
+    except jobstore.IdempotencyConflict as e:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"this Idempotency-Key was used for job {e} with a different request body",
+            field="Idempotency-Key",
+        ) from None
+    session.commit()
+    if created:
+        _enqueue(job.id)
+    else:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobView.of(job)
+
+
+def _enqueue(job_id: str) -> None:
+    from worker.celery_app import enqueue
+
+    try:
+        enqueue(job_id)
+    except Exception:  # the job is safe in PostgreSQL; the reaper re-sends lost messages
+        log.exception("could not enqueue job %s; the reaper will", job_id)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1)] = 20,
+    after: Annotated[str | None, Query(description="last job id of the previous page")] = None,
+    status: StatusFilter = None,
+) -> JobList:
+    if limit > settings.api_page_size_max:
+        raise ApiError(422, "invalid_request", f"at most {settings.api_page_size_max}", "limit")
+    try:
+        jobs, has_more = jobstore.list_jobs(
+            session, tenant, limit=limit, after=after, status=status
+        )
+    except jobstore.UnknownCursor:
+        raise ApiError(422, "invalid_request", f"no job {after} to page after", "after") from None
+    return JobList(data=[JobView.of(j) for j in jobs], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=JobView)
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
+    job = jobstore.get_job(session, tenant, job_id)
+    if job is None:
+        raise not_found(job_id)
+    return JobView.of(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobView)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
+    """Idempotent. A queued job is cancelled at once; a running one becomes `cancelling` and
+    stops at its next checkpoint. A job that already succeeded or failed is a 409."""
+    job = jobstore.get_job(session, tenant, job_id, lock=True)
+    if job is None:
+        raise not_found(job_id)
+    if job.status in ("succeeded", "failed"):
+        raise ApiError(409, "job_finished", f"job {job_id} already {job.status}")
+    jobstore.request_cancel(session, job)
+    session.commit()
+    return JobView.of(job)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def job_events(job_id: str, session: SessionDep, tenant: TenantDep) -> EventList:
+    if jobstore.get_job(session, tenant, job_id) is None:
+        raise not_found(job_id)
+    events = jobstore.list_events(session, job_id)
+    return EventList(
+        data=[EventView(id=e.id, kind=e.kind, data=e.data, created_at=e.created_at) for e in events]
+    )
+
+
+@router.get("/{job_id}/artifacts", response_model=Artifacts)
+def job_artifacts(
+    job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> Artifacts:
+    """The export's files, each with a presigned download URL."""
+    from worker.storage import presigned_url, s3_client
+
+    job = jobstore.get_job(session, tenant, job_id)
+    if job is None:
+        raise not_found(job_id)
+    if job.status != "succeeded" or not job.artifacts:
+        raise ApiError(
+            409, "not_ready", f"job {job_id} is {job.status}; artifacts come with success"
+        )
+    s3 = s3_client(settings, public=True)
+    files = [
+        ArtifactFile(**f, url=presigned_url(s3, settings, job_id, f["name"])) for f in job.artifacts
+    ]
+    return Artifacts(files=files, expires_in=settings.presign_ttl_s)

@@ -1,0 +1,149 @@
+"""Helpers for the service tests: free ports, a tiny tokenizer, S3 uploads, worker processes,
+polling. Only the standard library at import time: conftest imports this before it sets the
+environment the service reads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tokenizer():
+    """A character-level fast tokenizer over 96 printable characters (+ <unk> = 97 ids, the
+    vocabulary of tests/conftest.py's tiny models), built offline."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(string.printable[:96])}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
+
+
+def upload_dir(s3, bucket: str, prefix: str, directory: Path) -> None:
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, prefix + path.name)
+
+
+def job_body(tiny: dict, **overrides) -> dict:
+    body = {
+        "model": tiny["model"],
+        "calibration": tiny["calibration"],
+        "num_blocks": 3,
+        "samples": 4,
+        "seq_len": 16,
+    }
+    return {**body, **overrides}
+
+
+def wait_for(client, headers, job_id: str, statuses=FINAL, timeout: float = 60.0) -> dict:
+    """Poll the job until its status is one of `statuses`; fail with the job on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job still {job['status']} after {timeout}s: {job}")
+        time.sleep(0.1)
+
+
+def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return value
+
+
+def events(client, headers, job_id: str, kind: str | None = None) -> list[dict]:
+    data = client.get(f"/v1/jobs/{job_id}/events", headers=headers).json()["data"]
+    return [e for e in data if kind is None or e["kind"] == kind]
+
+
+class WorkerProcess:
+    """One `python -m worker worker` process (Celery, prefork, concurrency 1, with reaper),
+    in its own process group so that kill -9 takes the pool child with it."""
+
+    def __init__(self, log_path: Path, delay_s: float) -> None:
+        self.log_path, self.delay_s = log_path, delay_s
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "BLOCKPRUNE_DEBUG_ITERATION_DELAY_S": str(delay_s),
+            "OMP_NUM_THREADS": "1",  # tiny models; leave the other core to the tests
+        }
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", "--loglevel", "INFO"],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._ready, timeout=60, what=f"worker ready (log: {log_path})")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+        return b" ready." in self.log_path.read_bytes()
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+class WorkerPool:
+    """At most one test worker at a time; `ensure(delay_s)` (re)starts one with that
+    per-iteration delay (a testing aid that makes jobs slow enough to kill or cancel)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir, self.current, self.started = log_dir, None, 0
+        self.cache_dir = Path(os.environ["BLOCKPRUNE_CACHE_DIR"])
+
+    def ensure(self, delay_s: float = 0.0) -> WorkerProcess:
+        if self.current is not None and self.current.delay_s == delay_s:
+            if self.current.proc.poll() is None:
+                return self.current
+        return self.start(delay_s)
+
+    def start(self, delay_s: float = 0.0) -> WorkerProcess:
+        self.stop()
+        self.started += 1
+        self.current = WorkerProcess(self.log_dir / f"worker-{self.started}.log", delay_s)
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None

@@ -1,0 +1,186 @@
+"""Migrations, the keys command, and the lease protocol (claim, fencing, reaper) on the real
+database. The reaper's enqueue is captured here, so no worker runs these jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from .conftest import ADMIN_DSN, RUN_ID
+from .helpers import REPO
+
+TABLES = {"tenants", "api_keys", "jobs", "job_events", "webhook_deliveries"}
+
+
+def _tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {r[0] for r in rows}
+
+
+def test_migrations_upgrade_from_empty_and_downgrade_back():
+    name = f"blockprune_migrations_{RUN_ID}"
+    dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    env = {
+        **os.environ,
+        "BLOCKPRUNE_DATABASE_URL": dsn.replace("postgresql://", "postgresql+psycopg://"),
+    }
+    try:
+        # `alembic upgrade head` from the repository root, as documented.
+        alembic = [sys.executable, "-m", "alembic", "upgrade", "head"]
+        subprocess.run(alembic, cwd=REPO, env=env, check=True, capture_output=True)
+        assert TABLES <= _tables(dsn)
+        down = [sys.executable, "-m", "worker", "db", "downgrade", "base"]
+        subprocess.run(down, cwd=REPO, env=env, check=True, capture_output=True)
+        assert _tables(dsn) == {"alembic_version"}
+        up = [sys.executable, "-m", "worker", "db", "upgrade"]
+        subprocess.run(up, cwd=REPO, env=env, check=True, capture_output=True)
+        assert TABLES <= _tables(dsn)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_keys_create_prints_the_key_last_and_stores_only_its_hash(service, database):
+    from worker.db import get_engine
+
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "keys", "create", "--tenant", "cli-tenant"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("bp_") and " " not in key
+    assert service.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    with get_engine().connect() as conn:
+        stored = conn.execute(text("SELECT key_hash, prefix FROM api_keys")).all()
+    assert all(key not in row.key_hash for row in stored)
+    assert any(key.startswith(row.prefix) for row in stored)
+
+
+@pytest.fixture
+def new_job(database):
+    """A queued job (straight into the database), and the ids the reaper would enqueue."""
+    from worker import jobstore
+    from worker.db import transaction
+    from worker.keys import create_key, tenant_for_key
+
+    def make(**fields):
+        with transaction() as s:
+            tenant = tenant_for_key(s, create_key(s, "lease-tests"))
+            job, _ = jobstore.create_job(
+                s,
+                tenant_id=tenant,
+                spec={"model": "builtin:smollm2-135m", "num_blocks": 1},
+                config_hash="x",
+                metadata={},
+                webhook_url=fields.get("webhook_url"),
+                idempotency_key=None,
+                request_hash="x",
+                max_attempts=fields.get("max_attempts", 2),
+            )
+            return job.id
+
+    return make
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list[str]:
+    sent: list[str] = []
+    monkeypatch.setattr(
+        "worker.celery_app.enqueue", lambda job_id, countdown=None: sent.append(job_id)
+    )
+    return sent
+
+
+def _expire_lease(job_id: str) -> None:
+    from worker.db import transaction
+
+    with transaction() as s:
+        s.execute(
+            text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"),
+            {"id": job_id},
+        )
+
+
+def _job(job_id: str):
+    from worker.db import transaction
+    from worker.models import Job
+
+    with transaction() as s:
+        return s.get(Job, job_id)
+
+
+def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
+    from worker.leases import Lease, LeaseLost
+    from worker.reaper import reap_once
+    from worker.settings import get_settings
+
+    job_id = new_job(webhook_url="http://127.0.0.1:9/hook")
+    old = Lease.claim(job_id, "worker-1", lease_s=60)
+    assert old is not None and old.attempt == 1
+    assert Lease.claim(job_id, "worker-2", lease_s=60) is None  # held: nobody else gets it
+    old.checkpoint({"iteration": 1, "removed": [{"block": "mlp", "layer": 0, "ppl": 2.0}]}, {})
+
+    _expire_lease(job_id)  # worker-1 stalls past its lease
+    assert reap_once(get_settings()) == [job_id] and enqueued == [job_id]
+    job = _job(job_id)
+    assert job.status == "queued" and job.lease_token is None and job.state["iteration"] == 1
+
+    new = Lease.claim(job_id, "worker-2", lease_s=60)
+    assert new is not None and new.attempt == 2 and new.state["iteration"] == 1
+    for stale_write in (
+        lambda: old.renew(),
+        lambda: old.checkpoint({"iteration": 2, "removed": []}, {}),
+        lambda: old.succeed({}, [], {}),
+        lambda: old.fail({"code": "x", "message": "y"}),
+    ):
+        with pytest.raises(LeaseLost):
+            stale_write()
+    assert _job(job_id).state["iteration"] == 1  # nothing of the old worker's got through
+
+    # Out of attempts: the reaper fails the job instead of re-queueing it, and queues its webhook.
+    _expire_lease(job_id)
+    assert reap_once(get_settings()) == []
+    job = _job(job_id)
+    assert job.status == "failed" and job.error["code"] == "attempts_exhausted"
+    with pytest.raises(LeaseLost):
+        new.renew()
+    from worker.db import get_engine
+
+    with get_engine().connect() as conn:
+        hooks = conn.execute(
+            text("SELECT payload FROM webhook_deliveries WHERE job_id = :id"), {"id": job_id}
+        ).all()
+    assert [h.payload["type"] for h in hooks] == ["job.failed"]
+
+
+def test_claim_honours_cancel_and_release_requeues(new_job, enqueued):
+    from worker.db import transaction
+    from worker.jobstore import request_cancel
+    from worker.leases import Lease
+    from worker.models import Job
+
+    job_id = new_job(max_attempts=3)
+    lease = Lease.claim(job_id, "worker-1", lease_s=60)
+    assert lease.release("error", {"code": "internal_error", "message": "boom"}) is True
+    assert _job(job_id).status == "queued"
+
+    lease = Lease.claim(job_id, "worker-1", lease_s=60)
+    with transaction() as s:
+        request_cancel(s, s.get(Job, job_id, with_for_update=True))
+    assert _job(job_id).status == "cancelling"
+    assert lease.renew() is True  # the heartbeat sees the request
+    _expire_lease(job_id)  # ...but the worker dies before stopping
+    assert Lease.claim(job_id, "worker-2", lease_s=60) is None
+    assert _job(job_id).status == "cancelled"

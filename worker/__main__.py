@@ -1,0 +1,5 @@
+import sys
+
+from worker.commands import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""The database engine and transactions. PostgreSQL is the source of truth for every job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session
+
+from worker.settings import get_settings
+
+_engine: Engine | None = None
+
+
+def get_engine() -> Engine:
+    global _engine
+    if _engine is None:
+        _engine = create_engine(get_settings().database_url, pool_pre_ping=True)
+    return _engine
+
+
+def reset_engine(*, after_fork: bool = False) -> None:
+    """Drop the pooled connections. In a forked child (`after_fork`), leave the parent's sockets
+    open (closing them would break the parent) and just stop using them."""
+    global _engine
+    if _engine is not None:
+        _engine.dispose(close=not after_fork)
+    _engine = None
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """A session inside one transaction: committed on success, rolled back on any error."""
+    with Session(get_engine(), expire_on_commit=False) as session, session.begin():
+        yield session

@@ -1,0 +1,130 @@
+"""A job's inputs from S3, cached per worker: a model prefix and a calibration file.
+
+Only safetensors weights, JSON and tokenizer files are fetched: a prefix whose only weights are
+pickles (.bin, .pt, ...) is refused before anything is downloaded, since loading them could run
+arbitrary code. Each download lands in a temp dir and is renamed into the cache, so a cache entry
+that exists is complete; its name hashes the objects' ETags, so a changed object is fetched anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.errors import UserError
+
+SAFE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".jinja")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+CALIBRATION_SUFFIXES = (".txt", ".jsonl")
+NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+
+
+def parse_s3_uri(uri: str, field: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise UserError(field, f"expected s3://bucket/key, got {uri!r}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise UserError(field, f"no bucket in {uri!r}")
+    return bucket, key
+
+
+def fetch_model(s3: Any, uri: str, cache_dir: Path) -> Path:
+    """The local directory holding the model under the S3 prefix `uri`."""
+    bucket, prefix = parse_s3_uri(uri, "model")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    objects = _list_files(s3, bucket, prefix, uri)
+    names = sorted(objects)
+    if not names:
+        raise UserError("model", f"no objects under {uri}", code="s3_object_not_found")
+    if not any(n.endswith(".safetensors") for n in names):
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise UserError(
+                "model",
+                f"{uri} holds only pickle weights ({', '.join(pickles)}); they can run arbitrary "
+                "code and are never loaded. Convert them to .safetensors on a trusted machine",
+                code="unsafe_weights",
+            )
+        raise UserError("model", f"no *.safetensors weights under {uri}", code="missing_weights")
+    if "config.json" not in objects:
+        raise UserError("model", f"no config.json under {uri}", code="missing_config")
+    wanted = [n for n in names if n.endswith(SAFE_SUFFIXES)]
+    fingerprint = "\n".join(f"{bucket}/{prefix}{n} {objects[n]}" for n in wanted)
+    target = cache_dir / "models" / hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+    try:
+        for name in wanted:
+            s3.download_file(bucket, prefix + name, str(tmp / name))
+        _move_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def fetch_calibration(s3: Any, uri: str, cache_dir: Path) -> Path:
+    """The local copy of the calibration file `uri` (its suffix kept: it selects the format)."""
+    bucket, key = parse_s3_uri(uri, "calibration")
+    suffix = Path(key).suffix
+    if suffix not in CALIBRATION_SUFFIXES:
+        raise UserError("calibration", f"{uri}: expected a .txt or .jsonl file")
+    try:
+        etag = s3.head_object(Bucket=bucket, Key=key)["ETag"]
+    except ClientError as e:
+        raise _s3_error("calibration", uri, e) from e
+    name = hashlib.sha256(f"{bucket}/{key} {etag}".encode()).hexdigest()[:32] + suffix
+    target = cache_dir / "calibration" / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=target.parent)
+    os.close(fd)
+    try:
+        s3.download_file(bucket, key, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _list_files(s3: Any, bucket: str, prefix: str, uri: str) -> dict[str, str]:
+    """{file name: ETag} of the objects directly under `prefix` (subfolders are ignored)."""
+    files = {}
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(prefix) :]
+                if name and "/" not in name:
+                    files[name] = obj["ETag"]
+    except ClientError as e:
+        raise _s3_error("model", uri, e) from e
+    return files
+
+
+def _s3_error(field: str, uri: str, e: ClientError) -> Exception:
+    """A user's mistake (missing object, no access) as a UserError; anything else (S3 down,
+    throttling) stays an S3 error, so the job is retried rather than failed."""
+    code = str(e.response.get("Error", {}).get("Code", ""))
+    if code in NOT_FOUND_CODES:
+        return UserError(field, f"{uri} does not exist", code="s3_object_not_found")
+    if code in {"403", "AccessDenied"}:
+        return UserError(field, f"{uri}: access denied", code="s3_access_denied")
+    return e
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not target.is_dir():  # not another process finishing the same download first
+            raise

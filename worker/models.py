@@ -1,0 +1,135 @@
+"""The service's tables. Migrations (migrations/versions) create them; keep both in step."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+LEASED_STATUSES = ("running", "cancelling")
+PHASES = ("loading", "calibrating", "searching", "exporting", "uploading")
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = _now()
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; never the key
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)  # list order, cursor
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str | None] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]]  # the validated request: model, calibration, targets...
+    config_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # The engine's search state (removed blocks, PPLs, iteration): the checkpoint.
+    state: Mapped[dict[str, Any] | None]
+    progress: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    artifacts: Mapped[list[Any] | None]  # the uploaded manifest: [{name, size, sha256}]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(f"status IN {STATUSES}", name="jobs_status_valid"),
+        UniqueConstraint("tenant_id", "idempotency_key", name="jobs_tenant_idempotency_key"),
+        Index("jobs_tenant_seq", "tenant_id", "seq"),
+        Index(
+            "jobs_leased_expiry",
+            "lease_expires_at",
+            postgresql_where="status IN ('running', 'cancelling')",
+        ),
+    )
+
+
+class JobEvent(Base):
+    """The job's history: state changes, each iteration's result, retries, errors."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("job_events_job_id", "job_id", "id"),)
+
+
+class WebhookDelivery(Base):
+    """An outbox row, written in the same transaction as the job's final state, so a webhook is
+    never lost nor sent for a state that was rolled back. The reaper delivers it."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = _now()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gave_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        Index(
+            "webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where="delivered_at IS NULL AND gave_up_at IS NULL",
+        ),
+    )

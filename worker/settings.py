@@ -1,0 +1,91 @@
+"""The service's one configuration object, read from BLOCKPRUNE_* environment variables.
+
+S3 credentials are not here: boto3 reads the standard AWS_* variables (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE...) itself.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BLOCKPRUNE_", extra="ignore")
+
+    # ---- where things live ------------------------------------------------------------------
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "blockprune"
+    s3_endpoint_url: str | None = None  # None = AWS S3
+    # Endpoint written into presigned URLs, when clients reach S3 by another name than the
+    # service does (compose: the API talks to http://minio:9000, users to http://localhost:9000).
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "blockprune"
+    s3_multipart_threshold_mb: int = Field(64, ge=5)
+    s3_multipart_chunk_mb: int = Field(64, ge=5)  # S3 parts are at least 5 MiB
+    presign_ttl_s: int = Field(900, ge=1, le=7 * 24 * 3600)
+    cache_dir: Path = Path.home() / ".cache" / "blockprune" / "worker"
+    work_dir: Path = Path(tempfile.gettempdir()) / "blockprune-jobs"
+
+    # ---- how a worker runs a job ------------------------------------------------------------
+    device: str = "auto"  # auto = cuda when available, else cpu; same on every worker of a pool
+    lease_s: float = Field(60, gt=0)
+    heartbeat_s: float = Field(15, gt=0)
+    progress_write_s: float = Field(1.0, ge=0)  # at most one progress write per this interval
+    max_attempts: int = Field(3, ge=1)
+    retry_delay_s: float = Field(10, ge=0)
+    task_soft_time_limit_s: int = Field(6 * 3600, ge=1)
+    task_time_limit_s: int = Field(6 * 3600 + 300, ge=1)
+    # Redis redelivers an unacknowledged message after this; it must outlast any task.
+    broker_visibility_timeout_s: int = Field(8 * 3600, ge=1)
+    # Testing aid only: seconds a worker sleeps after each committed search iteration.
+    debug_iteration_delay_s: float = Field(0, ge=0)
+
+    # ---- the reaper (runs inside each `blockprune worker`, or alone: `blockprune reaper`) ----
+    worker_runs_reaper: bool = True
+    reaper_interval_s: float = Field(10, gt=0)
+    queued_requeue_after_s: float = Field(300, gt=0)  # re-send a queued job's lost message
+
+    # ---- webhooks ---------------------------------------------------------------------------
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_timeout_s: float = Field(5, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff_s: float = Field(5, ge=0)  # doubled after each failed attempt
+    webhook_allow_private: bool = False  # allow loopback/private targets (tests, closed networks)
+
+    # ---- API --------------------------------------------------------------------------------
+    api_page_size_max: int = Field(100, ge=1)
+
+    @field_validator("s3_endpoint_url", "s3_public_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("cache_dir", "work_dir", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @model_validator(mode="after")
+    def _check_timings(self) -> Settings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s (renew before it expires)")
+        if not self.task_soft_time_limit_s < self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        if self.task_time_limit_s >= self.broker_visibility_timeout_s:
+            raise ValueError(
+                "task_time_limit_s must be below broker_visibility_timeout_s, or Redis "
+                "redelivers a running job's message to another worker"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
