@@ -14,7 +14,7 @@ what lets the search restart a candidate from cached activations instead of from
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,9 +71,11 @@ class BlockModel:
 
     def __init__(self, model: nn.Module) -> None:
         check_architecture(model)
-        self.model = model.eval()
-        self.config = model.config
-        self.layers = model.model.layers
+        # Any: transformers' module attributes (model.model.layers, config) are untyped for mypy
+        hf: Any = model
+        self.model: Any = hf.eval()
+        self.config: Any = hf.config
+        self.layers: Any = hf.model.layers
         self.num_layers = len(self.layers)
         self.num_positions = 2 * self.num_layers
         self._masks: dict[tuple, torch.Tensor] = {}
@@ -95,7 +97,7 @@ class BlockModel:
             raise UserError("block_types", f"must be mix, mha or mlp, got {block_types!r}")
         return [Block(k, i) for k in kinds for i in range(self.num_layers)]
 
-    def block_modules(self, block: Block) -> tuple[nn.Module, nn.Module]:
+    def block_modules(self, block: Block) -> tuple[Any, Any]:
         layer = self.layers[block.layer]
         if block.kind == "mha":
             return layer.input_layernorm, layer.self_attn

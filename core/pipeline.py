@@ -62,8 +62,8 @@ class PruneSpec:
     def config_hash(self) -> str:
         """Everything that changes which blocks are chosen; not the target length, so a finished
         search can be extended, and not the batch size or cache (same picks either way)."""
-        keys = ("model", "calibration", "block_types", "samples", "seq_len", "seed", "dtype")
-        keys += ("text_field",)
+        keys: tuple[str, ...] = ("model", "calibration", "block_types", "samples", "seq_len")
+        keys = (*keys, "seed", "dtype", "text_field")
         return config_hash({k: getattr(self, k) for k in keys})
 
     def search_config(self) -> SearchConfig:
@@ -144,7 +144,7 @@ def run_prune(
 
     phase("exporting")
     path = export_pruned(
-        loaded.model,
+        loaded.model,  # type: ignore[arg-type]  # a PreTrainedModel, typed as its nn.Module base
         loaded.tokenizer,
         state["removed"],
         out_dir,
