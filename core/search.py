@@ -168,6 +168,7 @@ def run_search(
                     {
                         "iteration": state["iteration"],
                         "total_iterations": config.num_blocks,
+                        "block": block.to_json(),  # the candidate just scored
                         "scored": n + 1,
                         "total_candidates": len(candidates),
                         "best_ppl": best[0],
