@@ -118,8 +118,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         bar.set_description(phase)
 
     def on_progress(p: dict) -> None:
-        if p["scored"] == 1:  # a new iteration: grow the total by its candidate count
+        if p["scored"] == 1 and p["total_iterations"] is None:  # ratio target: grow as we go
             bar.total = (bar.total or 0) + p["total_candidates"]
+        elif not bar.total:  # all candidates of all remaining iterations, so ETA is the job's
+            left = p["total_iterations"] - p["iteration"]
+            bar.total = sum(p["total_candidates"] - k for k in range(left))
         total = p["total_iterations"] or "?"
         bar.set_description(f"iteration {p['iteration'] + 1}/{total}")
         bar.set_postfix_str(
