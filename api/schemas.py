@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
+from core.pipeline import PruneSpec
 from worker.models import Job
 
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/\S*$")
@@ -45,9 +46,10 @@ class JobCreate(BaseModel):
     num_blocks: int | None = Field(None, ge=1, description="blocks to remove")
     param_ratio: float | None = Field(None, gt=0, lt=1, description="or: share of parameters")
     block_types: Literal["mix", "mha", "mlp"] = "mix"
-    samples: int = Field(16, ge=1, le=65536)
-    seq_len: int = Field(128, ge=2, le=131072)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    # defaults: the engine's own, as the CLI's
+    samples: int = Field(PruneSpec.samples, ge=1, le=65536)
+    seq_len: int = Field(PruneSpec.seq_len, ge=2, le=131072)
+    seed: int = Field(PruneSpec.seed, ge=0, le=2**32 - 1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     text_field: str = Field("text", min_length=1, max_length=128, description=".jsonl text key")
     metadata: dict[str, str] = Field(default_factory=dict, description="up to 32 string pairs")

@@ -147,7 +147,7 @@ def run_search(
     total_params = bm.total_params()
     removed_params = sum(bm.block_params(b) for b in removed)
     state["total_iterations"] = config.num_blocks
-    state.setdefault("done", False)
+    state["done"] = False  # a finished state may be extended with a larger target
 
     cache = ActivationCache(bm, input_ids, config.batch_size)
     current_ppl = cache.build(removed)

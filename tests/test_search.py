@@ -125,3 +125,15 @@ def test_bad_search_config_names_the_field(llama, config, field):
     with pytest.raises(UserError) as e:
         run_search(llama, tiny_ids(2, 8), config)
     assert e.value.field == field
+
+
+def test_a_finished_state_can_be_extended(llama):
+    ids = tiny_ids(4, 12)
+    short = run_search(llama, ids, SearchConfig(num_blocks=2))
+    stopped = run_search(llama, ids, SearchConfig(num_blocks=4), short, should_stop=lambda: True)
+    assert not stopped["done"]  # not the finished flag of the state it started from
+    longer = run_search(llama, ids, SearchConfig(num_blocks=4), short)
+    assert (
+        longer["done"]
+        and longer["removed"] == run_search(llama, ids, SearchConfig(num_blocks=4))["removed"]
+    )
