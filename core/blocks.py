@@ -184,10 +184,12 @@ class BlockModel:
         step = max(1, LOGITS_CHUNK_BYTES // (t * vocab * 4))
         out = []
         for s in range(0, n, step):
-            logits = self.logits(h[s : s + step])[:, :-1].float()
+            # The last position predicts nothing: leave it out before the (costly) lm_head, and
+            # keep logits contiguous as [tokens, vocab] so cross_entropy needs no transpose copy.
+            logits = self.logits(h[s : s + step, :-1]).float()
             targets = input_ids[s : s + step, 1:]
-            nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-            out.append(nll.mean(dim=1))
+            nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+            out.append(nll.view(targets.shape).mean(dim=1))
         return torch.cat(out)
 
     @torch.inference_mode()
