@@ -29,8 +29,8 @@ class PruneSpec:
     num_blocks: int | None = None
     param_ratio: float | None = None
     block_types: str = "mix"
-    samples: int = 16
-    seq_len: int = 128
+    samples: int = 8  # small defaults: the embedded default job runs in minutes on 2 CPU cores
+    seq_len: int = 64
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
