@@ -24,6 +24,7 @@ from core.errors import UserError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 BLOCK_KINDS = ("mha", "mlp")
+BLOCK_TYPES = ("mix", *BLOCK_KINDS)  # which blocks a search may remove
 # Cap on one lm_head output chunk, so 16 x 2048 tokens x 150k vocab never sits in memory at once.
 LOGITS_CHUNK_BYTES = 256 * 2**20
 

@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from core.blocks import BLOCK_TYPES
 from core.errors import UserError
-from core.pipeline import BLOCK_TYPES, DEVICES, DTYPES, PruneSpec
+from core.pipeline import DEVICES, DTYPES, PruneSpec
 
 DEFAULT_NUM_BLOCKS = 4
 

@@ -15,11 +15,11 @@ import torch
 
 from core.blocks import BlockModel
 from core.errors import UserError
+from core.models import DTYPES as MODEL_DTYPES
 from core.search import ProgressCallback, SearchConfig, StateCallback, config_hash, run_search
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(MODEL_DTYPES)
 DEVICES = ("cpu", "cuda")
-BLOCK_TYPES = ("mix", "mha", "mlp")
 
 
 @dataclass
@@ -40,14 +40,7 @@ class PruneSpec:
     cache_dir: str | None = field(default=None, compare=False)
 
     def validate(self) -> None:
-        if (self.num_blocks is None) == (self.param_ratio is None):
-            raise UserError("num_blocks", "give exactly one of num_blocks or param_ratio")
-        if self.num_blocks is not None and self.num_blocks < 1:
-            raise UserError("num_blocks", f"must be at least 1, got {self.num_blocks}")
-        if self.param_ratio is not None and not 0.0 < self.param_ratio < 1.0:
-            raise UserError("param_ratio", f"must be between 0 and 1, got {self.param_ratio}")
-        if self.block_types not in BLOCK_TYPES:
-            raise UserError("block_types", f"must be one of {', '.join(BLOCK_TYPES)}")
+        self.search_config().check()
         if self.samples < 1:
             raise UserError("samples", f"must be at least 1, got {self.samples}")
         if self.seq_len < 2:
@@ -56,8 +49,6 @@ class PruneSpec:
             raise UserError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device not in DEVICES:
             raise UserError("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError("batch_size", f"must be at least 1, got {self.batch_size}")
 
     def config_hash(self) -> str:
         """Everything that changes which blocks are chosen; not the target length, so a finished

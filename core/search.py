@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.blocks import Block, BlockModel
+from core.blocks import BLOCK_TYPES, Block, BlockModel
 from core.errors import UserError
 
 ProgressCallback = Callable[[dict], None]
@@ -35,18 +35,26 @@ class SearchConfig:
     block_types: str = "mix"
     batch_size: int | None = None  # sequences per forward chunk; None = all at once
 
-    def validate(self, bm: BlockModel) -> None:
+    def check(self) -> None:
+        """The checks that need no model (the service runs them before queueing a job)."""
         if (self.num_blocks is None) == (self.param_ratio is None):
             raise UserError("num_blocks", "give exactly one of num_blocks or param_ratio")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise UserError("num_blocks", f"must be at least 1, got {self.num_blocks}")
+        if self.param_ratio is not None and not 0.0 < self.param_ratio < 1.0:
+            raise UserError("param_ratio", f"must be between 0 and 1, got {self.param_ratio}")
+        if self.block_types not in BLOCK_TYPES:
+            raise UserError("block_types", f"must be one of {', '.join(BLOCK_TYPES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError("batch_size", f"must be at least 1, got {self.batch_size}")
+
+    def validate(self, bm: BlockModel) -> None:
+        self.check()
         max_blocks = len(bm.candidates(self.block_types))
-        if self.num_blocks is not None and not 1 <= self.num_blocks <= max_blocks:
+        if self.num_blocks is not None and self.num_blocks > max_blocks:
             raise UserError(
                 "num_blocks", f"must be between 1 and {max_blocks} for this model and block_types"
             )
-        if self.param_ratio is not None and not 0.0 < self.param_ratio < 1.0:
-            raise UserError("param_ratio", "must be between 0 and 1 (exclusive)")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError("batch_size", "must be at least 1")
 
 
 def config_hash(settings: dict) -> str:
