@@ -11,12 +11,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from core.blocks import BlockModel
 from core.errors import UserError
 from core.models import DTYPES as MODEL_DTYPES
-from core.search import ProgressCallback, SearchConfig, StateCallback, config_hash, run_search
+from core.search import (
+    ProgressCallback,
+    SearchConfig,
+    StateCallback,
+    config_hash,
+    new_state,
+    run_search,
+)
 
 DTYPES = tuple(MODEL_DTYPES)
 DEVICES = ("cpu", "cuda")
@@ -125,7 +130,7 @@ def run_prune(
         bm,
         input_ids,
         spec.search_config(),
-        state or {"config_hash": expected, "base_ppl": None, "removed": [], "iteration": 0},
+        state or new_state(expected),
         on_iteration=on_iteration,
         on_progress=on_progress,
         should_stop=should_stop,
@@ -148,14 +153,21 @@ def run_prune(
     return PruneResult(state, Path(path))
 
 
-def perplexity(model_spec: str, data: str, samples: int, seq_len: int, **kw) -> float:
+def perplexity(
+    model_spec: str,
+    data: str,
+    samples: int,
+    seq_len: int,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> float:
     """PPL of a model (a checkpoint, a builtin, or an exported pruned DIR) on calibration data."""
     from core.calibration import load_calibration
     from core.models import load_model
     from core.naive import full_pass_ppl
 
-    loaded = load_model(model_spec, kw.get("device", "cpu"), kw.get("dtype", "float32"))
-    calibration = load_calibration(data, loaded.tokenizer, samples, seq_len, kw.get("seed", 0))
-    bm = BlockModel(loaded.model)
-    with torch.inference_mode():
-        return full_pass_ppl(bm, calibration.input_ids.to(kw.get("device", "cpu")), [])
+    loaded = load_model(model_spec, device, dtype)
+    calibration = load_calibration(data, loaded.tokenizer, samples, seq_len, seed)
+    return full_pass_ppl(BlockModel(loaded.model), calibration.input_ids.to(device), [])
