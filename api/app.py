@@ -1,21 +1,27 @@
-"""The FastAPI application: `uvicorn --factory api.app:create_app` (or `blockprune api`)."""
+"""The FastAPI application: `uvicorn --factory api.app:create_app` (or `blockprune api`).
+
+It imports no torch: the job contract and the service package are all it needs."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api.errors import install_error_handlers
+from api.errors import error_code_table, install_error_handlers
 from api.routers import health, jobs
-from core import __version__
+from contract import __version__
+
+DESCRIPTION = f"""Training-free block pruning of LLMs (BlockPruner), as a service.
+Authenticate with `Authorization: Bearer <key>` (keys: `blockprune keys create`).
+
+Every error is `{{"error": {{"code", "message", "field"?}}}}`; the codes:
+
+{error_code_table()}
+"""
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
-        title="BlockPrune",
-        version=__version__,
-        description="Training-free block pruning of LLMs (BlockPruner), as a service. "
-        "Authenticate with `Authorization: Bearer <key>` (keys: `blockprune keys create`).",
-        docs_url="/docs",
+        title="BlockPrune", version=__version__, description=DESCRIPTION, docs_url="/docs"
     )
     install_error_handlers(app)
     app.include_router(health.router)

@@ -10,9 +10,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from worker.db import get_engine
-from worker.keys import tenant_for_key
-from worker.settings import Settings, get_settings
+from contract import ErrorCode
+from service.db import get_engine
+from service.keys import tenant_for_key
+from service.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -34,11 +35,14 @@ def _tenant(
 ) -> str:
     if credentials is None:
         raise ApiError(
-            401, "unauthenticated", "missing 'Authorization: Bearer <key>'", headers=_UNAUTHORIZED
+            401,
+            ErrorCode.UNAUTHENTICATED,
+            "missing 'Authorization: Bearer <key>'",
+            headers=_UNAUTHORIZED,
         )
     tenant_id = tenant_for_key(session, credentials.credentials)
     if tenant_id is None:
-        raise ApiError(401, "unauthenticated", "invalid API key", headers=_UNAUTHORIZED)
+        raise ApiError(401, ErrorCode.UNAUTHENTICATED, "invalid API key", headers=_UNAUTHORIZED)
     return tenant_id
 
 

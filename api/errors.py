@@ -1,17 +1,43 @@
-"""One error shape for every failure: {"error": {"code", "message", "field"?}}."""
+"""One error shape for every failure: {"error": {"code", "message", "field"?}}, with `code`
+one of contract.ErrorCode (rendered in the OpenAPI description by `error_code_table`)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from contract import ErrorCode
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# For routes' `responses=`: the error shape, in the OpenAPI schema.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in [
+        (401, "no valid API key"),
+        (404, "no such job for this tenant"),
+        (409, "the job is not in a state that allows this"),
+        (422, "the request does not validate; `field` names the first problem"),
+    ]
+}
 
 
 class ApiError(Exception):
     def __init__(
         self,
         status_code: int,
-        code: str,
+        code: ErrorCode,
         message: str,
         field: str | None = None,
         headers: dict[str, str] | None = None,
@@ -23,11 +49,17 @@ class ApiError(Exception):
 
 def not_found(job_id: str) -> ApiError:
     # Another tenant's job is "not found" too: its existence is not ours to reveal.
-    return ApiError(404, "not_found", f"job {job_id} not found")
+    return ApiError(404, ErrorCode.NOT_FOUND, f"job {job_id} not found")
 
 
-def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
-    error = {"code": code, "message": message, **extra}
+def error_code_table() -> str:
+    """The error codes as a Markdown table, for the API's description."""
+    rows = [f"| `{c.value}` | {c.describe()} |" for c in ErrorCode]
+    return "\n".join(["| code | meaning |", "|---|---|", *rows])
+
+
+def _body(code: ErrorCode, message: str, field: str | None = None, **extra) -> dict:
+    error = {"code": code.value, "message": message, **extra}
     if field is not None:
         error["field"] = field
     return {"error": error}
@@ -54,7 +86,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
     message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse(
-        _body("invalid_request", message, first["field"], errors=problems), status_code=422
+        _body(ErrorCode.INVALID_REQUEST, message, first["field"], errors=problems),
+        status_code=422,
     )
 
 

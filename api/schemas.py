@@ -1,4 +1,5 @@
-"""Request and response bodies of the API, and the engine-side checks of a new job."""
+"""Request and response bodies of the API. The job's fields come from contract.JobSpec; only
+what is the service's own (tenant metadata, webhook, status, timings) is added here."""
 
 from __future__ import annotations
 
@@ -6,54 +7,45 @@ import hashlib
 import json
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
-from core.pipeline import PruneSpec
-from worker.models import Job
+from contract import (
+    ErrorCode,
+    JobSpec,
+    JobStatus,
+    Phase,
+    Progress,
+    RemovedBlock,
+    SearchState,
+)
+from service.tables import Job
 
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/\S*$")
 HF_ID = re.compile(r"^hf:[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 BUILTIN = re.compile(r"^builtin:[\w.\-]+$")
-SPEC_FIELDS = (
-    "model",
-    "calibration",
-    "num_blocks",
-    "param_ratio",
-    "block_types",
-    "samples",
-    "seq_len",
-    "seed",
-    "dtype",
-    "text_field",
-)
 
 
-class JobCreate(BaseModel):
-    """A pruning job; the fields mirror `blockprune prune`."""
+class JobOptions(BaseModel):
+    """What a job carries besides its spec: the tenant's labels and where to say it ended."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(
-        max_length=1024,
-        description="s3://bucket/prefix/ (safetensors), hf:ORG/NAME[@rev] or builtin:smollm2-135m",
-    )
-    calibration: str = Field(
-        max_length=1024,
-        description="s3://bucket/key.txt|.jsonl, hf:wikitext2, hf:alpaca or builtin:stdlib-docs",
-    )
-    num_blocks: int | None = Field(None, ge=1, description="blocks to remove")
-    param_ratio: float | None = Field(None, gt=0, lt=1, description="or: share of parameters")
-    block_types: Literal["mix", "mha", "mlp"] = "mix"
-    # defaults: the engine's own, as the CLI's
-    samples: int = Field(PruneSpec.samples, ge=1, le=65536)
-    seq_len: int = Field(PruneSpec.seq_len, ge=2, le=131072)
-    seed: int = Field(PruneSpec.seed, ge=0, le=2**32 - 1)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    text_field: str = Field("text", min_length=1, max_length=128, description=".jsonl text key")
     metadata: dict[str, str] = Field(default_factory=dict, description="up to 32 string pairs")
     webhook_url: AnyHttpUrl | None = Field(None, description="receives the final state, signed")
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 32:
+            raise ValueError(f"at most 32 keys, got {len(v)}")
+        for key, value in v.items():
+            if not 1 <= len(key) <= 64 or len(value) > 512:
+                raise ValueError(f"{key[:64]!r}: keys are 1-64 characters, values at most 512")
+        return v
+
+
+class JobCreate(JobSpec, JobOptions):
+    """A pruning job: the fields of `blockprune prune`, read from the service's sources."""
 
     @field_validator("model")
     @classmethod
@@ -76,60 +68,27 @@ class JobCreate(BaseModel):
             raise ValueError("must be s3://bucket/key.txt|.jsonl, hf:NAME or builtin:NAME")
         return v
 
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > 32:
-            raise ValueError(f"at most 32 keys, got {len(v)}")
-        for key, value in v.items():
-            if not 1 <= len(key) <= 64 or len(value) > 512:
-                raise ValueError(f"{key[:64]!r}: keys are 1-64 characters, values at most 512")
-        return v
-
-    def spec(self) -> dict:
-        """The engine's part of the request (core.pipeline.PruneSpec's fields)."""
-        return {name: getattr(self, name) for name in SPEC_FIELDS}
+    def spec(self) -> JobSpec:
+        """The engine's part of the request."""
+        return JobSpec.model_validate(self.model_dump(include=set(JobSpec.model_fields)))
 
     def request_hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class Progress(BaseModel):
-    iteration: int = Field(description="completed search iterations")
-    total_iterations: int | None = Field(description="None for a param_ratio target")
-    scored: int = Field(description="candidates scored in the running iteration")
-    total_candidates: int
-    fraction: float | None
-    best_ppl: float | None = None
-
-
-class RemovedBlock(BaseModel):
-    block: Literal["mha", "mlp"]
-    layer: int
-    ppl: float = Field(description="calibration PPL after removing this block")
-
-
 class JobErrorView(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
     field: str | None = None
 
 
-class JobView(BaseModel):
+class JobView(JobSpec):
+    model_config = ConfigDict(extra="ignore")
+
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
-    phase: Literal["loading", "calibrating", "searching", "exporting", "uploading"] | None
-    model: str
-    calibration: str
-    num_blocks: int | None
-    param_ratio: float | None
-    block_types: str
-    samples: int
-    seq_len: int
-    seed: int
-    dtype: str
-    text_field: str
+    status: JobStatus
+    phase: Phase | None
     metadata: dict[str, str]
     webhook_url: str | None
     progress: Progress
@@ -145,25 +104,23 @@ class JobView(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobView:
-        state = job.state or {}
-        removed = state.get("removed", [])
-        progress = job.progress or {
-            "iteration": len(removed),
-            "total_iterations": job.spec.get("num_blocks"),
-            "scored": 0,
-            "total_candidates": 0,
-            "fraction": 0.0 if job.spec.get("num_blocks") else None,
-        }
+        spec = JobSpec.model_validate(job.spec)
+        state = SearchState.from_json(job.state) if job.state else SearchState()
+        if job.progress is not None:
+            progress = Progress.model_validate(job.progress)
+        else:
+            progress = Progress(iteration=state.iteration, total_iterations=spec.num_blocks)
+        fields: dict[str, Any] = spec.model_dump()
         return cls(
+            **fields,
             id=job.id,
-            status=job.status,
-            phase=job.phase,
-            **job.spec,
-            metadata=job.meta,
+            status=JobStatus(job.status),
+            phase=Phase(job.phase) if job.phase else None,
+            metadata=job.user_metadata,
             webhook_url=job.webhook_url,
             progress=progress,
-            base_ppl=state.get("base_ppl"),
-            removed=removed,
+            base_ppl=state.base_ppl,
+            removed=state.removed,
             error=job.error,
             attempts=job.attempts,
             max_attempts=job.max_attempts,

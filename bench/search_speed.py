@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from contract import Progress, SearchState
 from core.blocks import Block, BlockModel
 from core.calibration import load_calibration
 from core.models import load_model
@@ -51,15 +52,16 @@ def main() -> None:
 
     plain_removed: list[Block] = []
     plain_scores: list[tuple[float, Block]] = []
-    rows = []
+    rows: list[tuple[int, str, float, float, str, float, float]] = []
     engine_time = plain_time = plain_iter_time = 0.0
     mark = iter_start = time.perf_counter()
 
-    def after_candidate(p: dict) -> None:
-        """Runs right after the engine scored p["block"]: the plain search scores it too."""
+    def after_candidate(p: Progress) -> None:
+        """Runs right after the engine scored p.last_block: the plain search scores it too."""
         nonlocal mark, engine_time, plain_time, plain_iter_time
         engine_time += time.perf_counter() - mark
-        block = Block(p["block"]["block"], p["block"]["layer"])
+        assert p.last_block is not None
+        block = Block(p.last_block.block, p.last_block.layer)
         t0 = time.perf_counter()
         plain_scores.append(
             (full_pass_ppl(bm, ids, plain_removed + [block], args.batch_size), block)
@@ -69,20 +71,20 @@ def main() -> None:
         plain_iter_time += elapsed
         mark = time.perf_counter()
 
-    def after_iteration(state: dict) -> None:
+    def after_iteration(state: SearchState) -> None:
         nonlocal mark, engine_time, plain_iter_time, iter_start
         engine_time += time.perf_counter() - mark
         ppl, block = min(plain_scores, key=lambda s: s[0])  # first of equal PPLs, as the paper
         plain_removed.append(block)
         plain_scores.clear()
-        e = state["removed"][-1]
+        e = state.removed[-1]
         total = time.perf_counter() - iter_start
         t_engine = total - plain_iter_time
         rows.append(
             (
                 len(rows) + 1,
-                f"{e['block']}.{e['layer']}",
-                e["ppl"],
+                f"{e.block}.{e.layer}",
+                e.ppl,
                 t_engine,
                 str(block),
                 ppl,
@@ -111,9 +113,7 @@ def main() -> None:
         print(f"| {n} | {eb} | {ep:.6f} | {et:.1f} | {pb} | {pp:.6f} | {pt:.1f} |")
     identical = all(r[1] == r[4] and r[2] == r[5] for r in rows)
     speedup = plain_time / engine_time
-    print(
-        f"| total | | base PPL {state['base_ppl']:.6f} | {engine_time:.1f} | | | {plain_time:.1f} |"
-    )
+    print(f"| total | | base PPL {state.base_ppl:.6f} | {engine_time:.1f} | | | {plain_time:.1f} |")
     print(f"RESULT picks_identical={str(identical).lower()} speedup={speedup:.2f}")
 
 

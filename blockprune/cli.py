@@ -1,4 +1,6 @@
-"""Entry point of the `blockprune` console script."""
+"""Entry point of the `blockprune` console script: the composition root that puts the engine's
+and the service's commands under one name. core/ stays free of service imports; the service
+commands exist only where the service extra is installed."""
 
 from __future__ import annotations
 
@@ -17,12 +19,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"blockprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_engine_commands(sub)
-    try:  # the service commands exist only where the service extra is installed
-        from worker.commands import add_service_commands
-    except ImportError:
+    try:
+        from api.commands import add_api_commands
+        from service.commands import add_admin_commands
+        from worker.commands import add_worker_commands
+    except ImportError:  # no [service] extra: the engine's commands alone
         pass
     else:
-        add_service_commands(sub)
+        add_admin_commands(sub)
+        add_api_commands(sub)
+        add_worker_commands(sub)
     return parser
 
 

@@ -20,11 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import UserError
+from contract import BLOCK_KINDS, BLOCK_TYPES, ErrorCode, UserError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-BLOCK_KINDS = ("mha", "mlp")
-BLOCK_TYPES = ("mix", *BLOCK_KINDS)  # which blocks a search may remove
 # Cap on one lm_head output chunk, so 16 x 2048 tokens x 150k vocab never sits in memory at once.
 LOGITS_CHUNK_BYTES = 256 * 2**20
 
@@ -63,7 +61,7 @@ def check_architecture(model: nn.Module) -> None:
             f"architecture {model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)} (decoders whose layers have "
             "self_attn, mlp, input_layernorm and post_attention_layernorm)",
-            code="unsupported_architecture",
+            code=ErrorCode.UNSUPPORTED_ARCHITECTURE,
         )
 
 
@@ -93,9 +91,9 @@ class BlockModel:
 
     def candidates(self, block_types: str = "mix") -> list[Block]:
         """The paper's candidate order: every MHA block by layer, then every MLP block by layer."""
-        kinds = {"mix": BLOCK_KINDS, "mha": ("mha",), "mlp": ("mlp",)}.get(block_types)
-        if kinds is None:
+        if block_types not in BLOCK_TYPES:
             raise UserError("block_types", f"must be mix, mha or mlp, got {block_types!r}")
+        kinds = BLOCK_KINDS if block_types == "mix" else (block_types,)
         return [Block(k, i) for k in kinds for i in range(self.num_layers)]
 
     def block_modules(self, block: Block) -> tuple[Any, Any]:

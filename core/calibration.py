@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 
-from core.errors import UserError
+from contract import ErrorCode, UserError
+from contract.sources import BUILTIN_CALIBRATION, HUB_CALIBRATION
 from core.models import hub_offline
 
 FIELD = "calibration"
 ROW_SEPARATOR = "\n\n"
-BUILTIN_SOURCES = ("builtin:stdlib-docs",)
-HF_SOURCES = ("hf:wikitext2", "hf:alpaca")
 
 
 @dataclass
@@ -58,7 +57,7 @@ def load_calibration(
             f"{source} has too little text: {len(ids)} tokens = {chunks_available} chunks of "
             f"{seq_len} tokens available, {samples} requested ({samples * seq_len} tokens); "
             "lower samples or seq_len, or use a longer source",
-            code="not_enough_text",
+            code=ErrorCode.NOT_ENOUGH_TEXT,
         )
     input_ids = torch.tensor(ids[: samples * seq_len], dtype=torch.long).view(samples, seq_len)
     description = {
@@ -83,7 +82,7 @@ def _read_source(source: str, seed: int, text_field: str) -> tuple[str, dict]:
 
         return ROW_SEPARATOR.join(topics[k] for k in sorted(topics)), {}
     if source.startswith("builtin:"):
-        raise UserError(FIELD, f"unknown builtin source {source!r}; known: {BUILTIN_SOURCES}")
+        raise UserError(FIELD, f"unknown builtin source {source!r}; known: {BUILTIN_CALIBRATION}")
     if source.startswith("hf:"):
         return _read_hub_dataset(source, seed)
     path = Path(source)
@@ -91,10 +90,10 @@ def _read_source(source: str, seed: int, text_field: str) -> tuple[str, dict]:
         raise UserError(
             FIELD,
             f"unknown source {source!r}: expected a .txt or .jsonl file, "
-            f"{', '.join(BUILTIN_SOURCES + HF_SOURCES)}",
+            f"{', '.join(BUILTIN_CALIBRATION + HUB_CALIBRATION)}",
         )
     if not path.is_file():
-        raise UserError(FIELD, f"file not found: {source}", code="not_found")
+        raise UserError(FIELD, f"file not found: {source}", code=ErrorCode.NOT_FOUND)
     try:
         content = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -130,14 +129,16 @@ def _shuffled_join(rows: list[str], seed: int) -> str:
 
 
 def _read_hub_dataset(source: str, seed: int) -> tuple[str, dict]:
-    if source not in HF_SOURCES:
-        raise UserError(FIELD, f"unknown hub source {source!r}; known: {', '.join(HF_SOURCES)}")
+    if source not in HUB_CALIBRATION:
+        raise UserError(
+            FIELD, f"unknown hub source {source!r}; known: {', '.join(HUB_CALIBRATION)}"
+        )
     offline_hint = "use a local .txt/.jsonl file or builtin:stdlib-docs instead"
     if hub_offline():
         raise UserError(
             FIELD,
             f"{source} needs the Hugging Face hub but HF_HUB_OFFLINE is set; {offline_hint}",
-            code="hub_unreachable",
+            code=ErrorCode.HUB_UNREACHABLE,
         )
     try:
         import datasets
@@ -146,7 +147,7 @@ def _read_hub_dataset(source: str, seed: int) -> tuple[str, dict]:
             FIELD,
             f"{source} needs the optional 'datasets' package (pip install datasets); "
             + offline_hint,
-            code="missing_dependency",
+            code=ErrorCode.MISSING_DEPENDENCY,
         ) from None
     try:
         if source == "hf:wikitext2":
@@ -155,6 +156,8 @@ def _read_hub_dataset(source: str, seed: int) -> tuple[str, dict]:
         rows = datasets.load_dataset("tatsu-lab/alpaca", split="train")["text"]
     except Exception as e:  # datasets raises many types for network/cache failures
         raise UserError(
-            FIELD, f"could not load {source} from the hub ({e}); {offline_hint}", "hub_unreachable"
+            FIELD,
+            f"could not load {source} from the hub ({e}); {offline_hint}",
+            ErrorCode.HUB_UNREACHABLE,
         ) from None
     return _shuffled_join(list(rows), seed), {"rows": len(rows)}

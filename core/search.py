@@ -7,64 +7,56 @@ and runs only the blocks after it. The winner's pass has already computed the ne
 activations after p, so they are adopted instead of recomputed. Every block sees exactly the
 tensors it would see in a full pass (same batches, same ops), so PPLs are bit-identical.
 
-The state is a plain JSON-serialisable dict, so a caller can checkpoint it after each iteration
-and resume from it (`run_search(..., state=saved)`).
+The state is the contract's `SearchState`, so a caller can checkpoint it after each iteration
+(`on_iteration`) and resume from it (`run_search(..., state=saved)`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from core.blocks import BLOCK_TYPES, Block, BlockModel
-from core.errors import UserError
+from contract import BlockRef, JobSpec, Progress, RemovedBlock, SearchState, UserError
+from core.blocks import Block, BlockModel
 
-ProgressCallback = Callable[[dict], None]
-StateCallback = Callable[[dict], None]
+ProgressCallback = Callable[[Progress], None]
+StateCallback = Callable[[SearchState], None]
 
 
 @dataclass(frozen=True)
 class SearchConfig:
+    """The part of a JobSpec the search itself needs."""
+
     num_blocks: int | None = None
     param_ratio: float | None = None
     block_types: str = "mix"
     batch_size: int | None = None  # sequences per forward chunk; None = all at once
 
+    @classmethod
+    def of(cls, spec: JobSpec) -> SearchConfig:
+        return cls(spec.num_blocks, spec.param_ratio, spec.block_types, spec.batch_size)
+
     def check(self) -> None:
-        """The checks that need no model (the service runs them before queueing a job)."""
-        if (self.num_blocks is None) == (self.param_ratio is None):
-            raise UserError("num_blocks", "give exactly one of num_blocks or param_ratio")
-        if self.num_blocks is not None and self.num_blocks < 1:
-            raise UserError("num_blocks", f"must be at least 1, got {self.num_blocks}")
-        if self.param_ratio is not None and not 0.0 < self.param_ratio < 1.0:
-            raise UserError("param_ratio", f"must be between 0 and 1, got {self.param_ratio}")
-        if self.block_types not in BLOCK_TYPES:
-            raise UserError("block_types", f"must be one of {', '.join(BLOCK_TYPES)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError("batch_size", f"must be at least 1, got {self.batch_size}")
+        """The checks that need no model, by JobSpec's rules (the one home of the bounds)."""
+        JobSpec.check_fields(
+            num_blocks=self.num_blocks,
+            param_ratio=self.param_ratio,
+            block_types=self.block_types,
+            batch_size=self.batch_size,
+        )
 
     def validate(self, bm: BlockModel) -> None:
+        """`check()`, and the bound only a model knows: how many blocks it has to remove."""
         self.check()
         max_blocks = len(bm.candidates(self.block_types))
         if self.num_blocks is not None and self.num_blocks > max_blocks:
             raise UserError(
                 "num_blocks", f"must be between 1 and {max_blocks} for this model and block_types"
             )
-
-
-def config_hash(settings: dict) -> str:
-    """A stable hash of everything that changes a search's result (not its length)."""
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def new_state(config_hash_: str = "") -> dict:
-    return {"config_hash": config_hash_, "base_ppl": None, "removed": [], "iteration": 0}
 
 
 def ppl_from_nlls(nlls: torch.Tensor) -> float:
@@ -141,26 +133,26 @@ def run_search(
     bm: BlockModel,
     input_ids: torch.Tensor,
     config: SearchConfig,
-    state: dict | None = None,
+    state: SearchState | None = None,
     *,
     on_iteration: StateCallback | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> dict:
-    """Greedy BlockPruner search. Returns the final state (`state["done"]` False if stopped)."""
+) -> SearchState:
+    """Greedy BlockPruner search from `state` (a new search if None; it is not modified).
+    Returns the final state; its `done` is False if `should_stop` stopped it."""
     config.validate(bm)
-    state = dict(state or new_state())
-    state["removed"] = list(state["removed"])
-    removed = [Block.from_json(r) for r in state["removed"]]
+    state = copy.deepcopy(state) if state is not None else SearchState()
+    removed = [Block(r.block, r.layer) for r in state.removed]
     total_params = bm.total_params()
     removed_params = sum(bm.block_params(b) for b in removed)
-    state["total_iterations"] = config.num_blocks
-    state["done"] = False  # a finished state may be extended with a larger target
+    state.total_iterations = config.num_blocks
+    state.done = False  # a finished state may be extended with a larger target
 
     cache = ActivationCache(bm, input_ids, config.batch_size)
     current_ppl = cache.build(removed)
-    if state["base_ppl"] is None:
-        state["base_ppl"] = current_ppl
+    if state.base_ppl is None:
+        state.base_ppl = current_ppl
 
     while not _target_reached(state, config):
         candidates = [b for b in bm.candidates(config.block_types) if b not in removed]
@@ -173,15 +165,15 @@ def run_search(
                 best = (ppl, block, after)
             if on_progress is not None:
                 on_progress(
-                    {
-                        "iteration": state["iteration"],
-                        "total_iterations": config.num_blocks,
-                        "block": block.to_json(),  # the candidate just scored
-                        "scored": n + 1,
-                        "total_candidates": len(candidates),
-                        "best_ppl": best[0],
-                        "best_block": best[1].to_json(),
-                    }
+                    Progress(
+                        iteration=state.iteration,
+                        total_iterations=config.num_blocks,
+                        scored=n + 1,
+                        total_candidates=len(candidates),
+                        best_ppl=best[0],
+                        best_block=_ref(best[1]),
+                        last_block=_ref(block),
+                    )
                 )
         if best is None:  # nothing left to remove
             break
@@ -193,14 +185,17 @@ def run_search(
         removed.append(block)
         removed_params += bm.block_params(block)
         current_ppl = ppl
-        state["removed"].append({**block.to_json(), "ppl": ppl})
-        state["iteration"] += 1
+        state.removed.append(RemovedBlock(block=block.kind, layer=block.layer, ppl=ppl))
         if on_iteration is not None:
-            on_iteration({**state, "removed": [dict(r) for r in state["removed"]]})  # a snapshot
-    state["done"] = True
-    state["final_ppl"] = current_ppl
+            on_iteration(copy.deepcopy(state))  # a snapshot: the search goes on mutating `state`
+    state.done = True
+    state.final_ppl = current_ppl
     return state
 
 
-def _target_reached(state: dict, config: SearchConfig) -> bool:
-    return config.num_blocks is not None and state["iteration"] >= config.num_blocks
+def _ref(block: Block) -> BlockRef:
+    return BlockRef(block=block.kind, layer=block.layer)
+
+
+def _target_reached(state: SearchState, config: SearchConfig) -> bool:
+    return config.num_blocks is not None and state.iteration >= config.num_blocks

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import tiny_ids, tiny_model
 
+from contract import UserError
 from core.blocks import Block, BlockModel
-from core.errors import UserError
 
 
 def test_nothing_removed_equals_hf_forward(arch):

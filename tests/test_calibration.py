@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import random_text, word_tokenizer
 
+from contract import UserError
 from core.calibration import ROW_SEPARATOR, load_calibration
-from core.errors import UserError
 
 
 def write_jsonl(path, rows, field="text"):

@@ -1,16 +1,21 @@
 """The CLI end to end on tiny models: results, resume, and one-line errors with exit code 2."""
 
+import argparse
 import json
+import re
+from typing import Literal, get_args, get_origin
 
 import pytest
 import torch
 from conftest import random_text, tiny_model, word_tokenizer
 
 from blockprune.cli import main
+from contract import EMBEDDED_DEFAULTS, JobSpec, SearchState
 from core.blocks import Block, BlockModel
 from core.calibration import load_calibration
+from core.cli import add_engine_commands
 from core.naive import plain_greedy_search
-from core.pipeline import PruneSpec, run_prune
+from core.pipeline import run_prune
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +45,12 @@ def prune_args(workdir, out, *extra):
     ]
 
 
+def tiny_spec(workdir, **fields) -> JobSpec:
+    """The spec `prune_args` gives, for running the engine directly."""
+    base = {"model": str(workdir / "model"), "calibration": str(workdir / "calib.txt")}
+    return JobSpec(**base, samples=4, seq_len=16, **fields)
+
+
 def test_prune_matches_plain_greedy_and_prints_summary(workdir, tmp_path, capsys):
     out = tmp_path / "pruned"
     assert main(prune_args(workdir, out, "--num-blocks", "3")) == 0
@@ -48,7 +59,21 @@ def test_prune_matches_plain_greedy_and_prints_summary(workdir, tmp_path, capsys
     bm = BlockModel(tiny_model("llama", layers=4))
     ids = load_calibration(str(workdir / "calib.txt"), word_tokenizer(), 4, 16).input_ids
     assert info["removed"] == plain_greedy_search(bm, ids, 3)
-    assert "step" in printed and "parameters:" in printed and str(out.resolve()) in printed
+    table = [line.split() for line in printed.splitlines() if re.match(r"\s*\d+ ", line)]
+    assert table == [
+        ["0", "-", "-", f"{info['base_ppl']:.3f}"],
+        *[
+            [str(n), r["block"], str(r["layer"]), f"{r['ppl']:.3f}"]
+            for n, r in enumerate(info["removed"], 1)
+        ],
+    ]
+    before, after = info["params_before"], info["params_after"]
+    assert after < before
+    assert (
+        f"parameters: {before:,} -> {after:,} ({100 * (1 - after / before):.1f}% removed)"
+        in printed
+    )
+    assert str(out.resolve()) in printed
     assert not (tmp_path / "pruned.search-state.json").exists()
     # `blockprune ppl` on the export gives the search's final PPL
     assert (
@@ -72,24 +97,19 @@ def test_prune_matches_plain_greedy_and_prints_summary(workdir, tmp_path, capsys
 
 
 def test_resume_continues_a_saved_search(workdir, tmp_path, capsys):
-    spec = PruneSpec(
-        model=str(workdir / "model"),
-        calibration=str(workdir / "calib.txt"),
-        num_blocks=3,
-        samples=4,
-        seq_len=16,
-    )
+    spec = tiny_spec(workdir, num_blocks=3)
     saved = []
     partial = run_prune(
         spec, tmp_path / "unused", on_iteration=saved.append, should_stop=lambda: len(saved) >= 1
     )
     assert partial.cancelled and partial.out_dir is None and len(saved) == 1
     out = tmp_path / "resumed"
-    (tmp_path / "resumed.search-state.json").write_text(json.dumps(saved[0]))
+    (tmp_path / "resumed.search-state.json").write_text(json.dumps(saved[0].to_json()))
     assert main(prune_args(workdir, out, "--num-blocks", "3", "--resume")) == 0
     assert "resuming after 1 removed blocks" in capsys.readouterr().out
     full = run_prune(spec, tmp_path / "full")
-    assert json.loads((out / "pruning.json").read_text())["removed"] == full.state["removed"]
+    removed = json.loads((out / "pruning.json").read_text())["removed"]
+    assert removed == [r.model_dump() for r in full.state.removed]
 
 
 def test_resume_refuses_a_state_from_other_settings(workdir, tmp_path, capsys):
@@ -100,6 +120,40 @@ def test_resume_refuses_a_state_from_other_settings(workdir, tmp_path, capsys):
     assert (
         "resume: the saved search state was made with different settings" in capsys.readouterr().err
     )
+
+
+def test_resume_names_the_settings_that_differ(workdir, tmp_path, capsys):
+    spec = tiny_spec(workdir, num_blocks=2)
+    (tmp_path / "p.search-state.json").write_text(json.dumps(SearchState.new(spec).to_json()))
+    args = prune_args(workdir, tmp_path / "p", "--num-blocks", "2", "--seq-len", "8", "--resume")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: resume: ") and err.count("\n") == 1
+    assert "(seq_len: 16 in the state, 8 now)" in err
+
+
+def test_prune_options_are_exactly_the_jobspec_fields():
+    """Every JobSpec field is a --kebab option with the field's default and choices, so a new
+    field cannot be forgotten; the other options are the machine's, not the job's."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_engine_commands(sub)
+    options = {a.dest: a for a in sub.choices["prune"]._actions if a.dest != "help"}
+    assert options.keys() - JobSpec.model_fields.keys() == {
+        "output",
+        "device",
+        "resume",
+        "overwrite",
+    }
+    for name, info in JobSpec.model_fields.items():
+        action = options[name]
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        default = EMBEDDED_DEFAULTS[name] if info.is_required() else info.default
+        assert action.default == default
+        literal = get_origin(info.annotation) is Literal
+        assert action.choices == (get_args(info.annotation) if literal else None)
+        assert action.help.startswith(info.description)
+    targets = sub.choices["prune"]._mutually_exclusive_groups
+    assert [[a.dest for a in g._group_actions] for g in targets] == [["num_blocks", "param_ratio"]]
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import core
+from contract import UserError
 from core.blocks import Block, BlockModel
-from core.errors import UserError
 from core.export import export_pruned, load_pruned
 
 # Layer 1 loses both blocks (dropped); layer 0 keeps only its MLP, layer 3 only its attention.
@@ -293,7 +293,7 @@ def test_bad_record_fields_are_named(tmp_path):
 
 
 def test_failure_while_writing_leaves_no_partial_export(tmp_path, monkeypatch):
-    import core.export
+    import core.export.writer
 
     model = build_model("llama")
     previous = export_pruned(model, None, REMOVED[:1], tmp_path / "out", **RECORD)
@@ -301,7 +301,7 @@ def test_failure_while_writing_leaves_no_partial_export(tmp_path, monkeypatch):
     def broken_card(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(core.export, "render_model_card", broken_card)
+    monkeypatch.setattr(core.export.writer, "render_model_card", broken_card)
     with pytest.raises(RuntimeError, match="disk full"):
         export_pruned(model, None, REMOVED, tmp_path / "fresh", **RECORD)
     with pytest.raises(RuntimeError, match="disk full"):

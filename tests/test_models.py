@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import tiny_ids, tiny_model, word_tokenizer
 
+from contract import UserError
 from core import models
 from core.blocks import SUPPORTED_MODEL_TYPES, BlockModel
-from core.errors import UserError
 from core.models import load_model
 
 

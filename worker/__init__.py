@@ -1,5 +1,5 @@
-"""The pruning service's worker side: database layer, S3 storage, Celery tasks and the reaper.
+"""The worker process: the Celery task, the runner (the only place where the engine meets the
+service), leases, the reaper, S3 downloads and uploads, and the webhook sender.
 
-The API imports the light modules here (settings, db, models, jobstore, keys, storage, and the
-Celery app to enqueue); only `worker.runner` imports the engine (torch), and only inside a task.
+Shared pieces (settings, database, tables, job store, transitions, queue) live in service/.
 """

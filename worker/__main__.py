@@ -1,3 +1,5 @@
+"""`python -m worker worker|reaper` (also: `blockprune worker|reaper`)."""
+
 import sys
 
 from worker.commands import main

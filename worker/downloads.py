@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.errors import UserError
+from contract import ErrorCode, UserError
 
 SAFE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".jinja")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -42,7 +42,7 @@ def fetch_model(s3: Any, uri: str, cache_dir: Path) -> Path:
     objects = _list_files(s3, bucket, prefix, uri)
     names = sorted(objects)
     if not names:
-        raise UserError("model", f"no objects under {uri}", code="s3_object_not_found")
+        raise UserError("model", f"no objects under {uri}", code=ErrorCode.S3_OBJECT_NOT_FOUND)
     if not any(n.endswith(".safetensors") for n in names):
         pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
         if pickles:
@@ -50,11 +50,13 @@ def fetch_model(s3: Any, uri: str, cache_dir: Path) -> Path:
                 "model",
                 f"{uri} holds only pickle weights ({', '.join(pickles)}); they can run arbitrary "
                 "code and are never loaded. Convert them to .safetensors on a trusted machine",
-                code="unsafe_weights",
+                code=ErrorCode.UNSAFE_WEIGHTS,
             )
-        raise UserError("model", f"no *.safetensors weights under {uri}", code="missing_weights")
+        raise UserError(
+            "model", f"no *.safetensors weights under {uri}", code=ErrorCode.MISSING_WEIGHTS
+        )
     if "config.json" not in objects:
-        raise UserError("model", f"no config.json under {uri}", code="missing_config")
+        raise UserError("model", f"no config.json under {uri}", code=ErrorCode.MISSING_CONFIG)
     wanted = [n for n in names if n.endswith(SAFE_SUFFIXES)]
     fingerprint = "\n".join(f"{bucket}/{prefix}{n} {objects[n]}" for n in wanted)
     target = cache_dir / "models" / hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
@@ -116,9 +118,9 @@ def _s3_error(field: str, uri: str, e: ClientError) -> Exception:
     throttling) stays an S3 error, so the job is retried rather than failed."""
     code = str(e.response.get("Error", {}).get("Code", ""))
     if code in NOT_FOUND_CODES:
-        return UserError(field, f"{uri} does not exist", code="s3_object_not_found")
+        return UserError(field, f"{uri} does not exist", code=ErrorCode.S3_OBJECT_NOT_FOUND)
     if code in {"403", "AccessDenied"}:
-        return UserError(field, f"{uri}: access denied", code="s3_access_denied")
+        return UserError(field, f"{uri}: access denied", code=ErrorCode.S3_ACCESS_DENIED)
     return e
 
 

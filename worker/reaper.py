@@ -10,65 +10,51 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from worker.db import transaction
-from worker.jobstore import add_event, finish, set_status
-from worker.models import LEASED_STATUSES, Job
-from worker.settings import Settings
+from contract import LEASED_STATUSES, JobStatus
+from service import queue, transitions
+from service.db import transaction
+from service.jobstore import add_event
+from service.settings import Settings
+from service.tables import Job
 from worker.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 BATCH = 100
+Enqueue = Callable[[str], None]
 
 
-def reap_once(settings: Settings) -> list[str]:
-    """One pass; returns the ids of the jobs it enqueued."""
+def reap_once(settings: Settings, enqueue: Enqueue = queue.enqueue) -> list[str]:
+    """One pass; returns the ids of the jobs it enqueued (with `enqueue`)."""
     to_enqueue: list[str] = []
     with transaction() as s:
         expired = s.scalars(
             select(Job)
-            .where(Job.status.in_(LEASED_STATUSES), Job.lease_expires_at < func.now())
+            .where(
+                Job.status.in_([status.value for status in LEASED_STATUSES]),
+                Job.lease_expires_at < func.now(),
+            )
             .limit(BATCH)
             .with_for_update(skip_locked=True)
         )
         for job in expired:
-            if job.cancel_requested:
-                finish(s, job, "cancelled", reason="worker lost while cancelling")
-            elif job.attempts >= job.max_attempts:
-                message = f"worker lost (lease expired) on attempt {job.attempts}; none left"
-                finish(s, job, "failed", error={"code": "attempts_exhausted", "message": message})
-            else:
-                add_event(
-                    s,
-                    job.id,
-                    "retry",
-                    reason="lease_expired",
-                    attempt=job.attempts,
-                    worker=job.lease_owner,
-                )
-                set_status(s, job, "queued")
-                job.phase = None
-                job.lease_token = job.lease_owner = job.lease_expires_at = None
-                job.enqueued_at = func.now()
+            if transitions.end_of_attempt(s, job, "lease_expired"):
                 to_enqueue.append(job.id)
+        waited_since = func.now() - timedelta(seconds=settings.queued_requeue_after_s)
         stale = s.scalars(
             select(Job)
-            .where(
-                Job.status == "queued",
-                Job.enqueued_at < func.now() - timedelta(seconds=settings.queued_requeue_after_s),
-            )
+            .where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at < waited_since)
             .limit(BATCH)
             .with_for_update(skip_locked=True)
         )
         for job in stale:  # its message was lost (broker flushed, enqueue failed): send again
             add_event(s, job.id, "requeued", reason="queued_too_long")
-            job.enqueued_at = func.now()
+            transitions.mark_enqueued(job)
             to_enqueue.append(job.id)
-    from worker.celery_app import enqueue
-
     for job_id in to_enqueue:
         enqueue(job_id)
     deliver_due(settings)

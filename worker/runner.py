@@ -14,33 +14,37 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from core.errors import UserError
+from contract import ErrorCode, Phase, Progress, SearchState, UserError
+from core.pipeline import run_prune
+from service import queue
+from service.settings import Settings, get_settings
+from service.storage import s3_client
 from worker.downloads import fetch_calibration, fetch_model
 from worker.leases import Lease, LeaseLost
-from worker.settings import Settings, get_settings
-from worker.storage import s3_client, upload_export
+from worker.uploads import upload_export
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease in the background and notices cancel requests and a lost lease."""
+    """Renews the lease in the background; notices a lost lease (and, through the renewal, a
+    cancel request: `lease.cancel_requested`)."""
 
     def __init__(self, lease: Lease, interval_s: float) -> None:
         super().__init__(name=f"heartbeat-{lease.job_id}", daemon=True)
         self.lease, self.interval_s = lease, interval_s
-        self.lost, self.cancel_requested = threading.Event(), threading.Event()
+        self.lost = threading.Event()
         self._stopped = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.wait(self.interval_s):
             try:
-                if self.lease.renew():
-                    self.cancel_requested.set()
+                self.lease.renew()
             except LeaseLost:
                 self.lost.set()
                 return
@@ -56,54 +60,33 @@ class Reporter:
 
     def __init__(self, lease: Lease, heartbeat: Heartbeat, settings: Settings) -> None:
         self.lease, self.heartbeat, self.settings = lease, heartbeat, settings
-        self.phase_name: str | None = None
-        self.completed = (lease.state or {}).get("iteration", 0)
-        self.total: int | None = None
+        self.phase_now: Phase | None = None
         self.last_write = 0.0
 
-    def phase(self, name: str) -> None:
-        if name != self.phase_name:
-            self.phase_name = name
-            self.lease.set_phase(name)
+    def phase(self, phase: Phase) -> None:
+        if phase != self.phase_now:
+            self.phase_now = phase
+            self.lease.set_phase(phase)
 
-    def progress_dict(self, scored: int = 0, candidates: int = 0, best_ppl=None) -> dict:
-        fraction = None
-        if self.total:
-            within = scored / candidates if candidates else 0.0
-            fraction = min(1.0, (self.completed + within) / self.total)
-        return {
-            "iteration": self.completed,
-            "total_iterations": self.total,
-            "scored": scored,
-            "total_candidates": candidates,
-            "fraction": fraction,
-            "best_ppl": best_ppl,
-        }
-
-    def progress(self, p: dict) -> None:
-        self.total = p.get("total_iterations")
+    def progress(self, progress: Progress) -> None:
         now = time.monotonic()
-        if now - self.last_write < self.settings.progress_write_s:
-            return
-        self.last_write = now
-        progress = self.progress_dict(p["scored"], p["total_candidates"], p.get("best_ppl"))
-        if self.lease.set_progress(progress):
-            self.heartbeat.cancel_requested.set()
+        if now - self.last_write >= self.settings.progress_write_s:
+            self.last_write = now
+            self.lease.set_progress(progress)
 
-    def iteration(self, state: dict) -> None:
-        self.completed = state["iteration"]
-        self.total = state.get("total_iterations", self.total)
-        if self.lease.checkpoint(state, self.progress_dict()):
-            self.heartbeat.cancel_requested.set()
+    def iteration(self, state: SearchState) -> None:
+        progress = Progress(iteration=state.iteration, total_iterations=state.total_iterations)
+        self.lease.checkpoint(state, progress)
         deadline = time.monotonic() + self.settings.debug_iteration_delay_s
         while time.monotonic() < deadline and not self.should_stop():
             time.sleep(0.05)
 
     def should_stop(self) -> bool:
-        return self.heartbeat.lost.is_set() or self.heartbeat.cancel_requested.is_set()
+        return self.heartbeat.lost.is_set() or self.lease.cancel_requested
 
 
-def execute_job(job_id: str) -> None:
+def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> None:
+    """Run job `job_id` if it is ours to run; `enqueue` re-sends it after a passing failure."""
     settings = get_settings()
     lease = Lease.claim(job_id, f"{socket.gethostname()}:{os.getpid()}", settings.lease_s)
     if lease is None:
@@ -118,25 +101,21 @@ def execute_job(job_id: str) -> None:
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
     except UserError as e:
-        _write(lease.fail, {"code": e.code, "message": str(e), "field": e.field})
+        _fail_unless_lease_lost(lease, e.to_json())
     except SoftTimeLimitExceeded:
-        _retry(lease, settings, "time_limit", "task_soft_time_limit_s reached")
+        _retry(lease, settings, enqueue, ErrorCode.TIME_LIMIT, "task_soft_time_limit_s reached")
     except Exception as e:
         log.exception("job %s failed", job_id)
-        _retry(lease, settings, "error", f"{type(e).__name__}: {e}")
+        _retry(lease, settings, enqueue, ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
     finally:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> None:
-    from core.pipeline import PruneSpec, run_prune
-
-    spec = PruneSpec(
-        **lease.spec, device=_device(settings.device), cache_dir=str(settings.cache_dir)
-    )
+    spec = lease.spec
     reporter = Reporter(lease, heartbeat, settings)
-    reporter.phase("loading")
+    reporter.phase(Phase.LOADING)
     s3 = s3_client(settings)
     inputs = settings.cache_dir / "s3"
     model_path = calibration_path = None
@@ -147,6 +126,8 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     result = run_prune(
         spec,
         work / "export",
+        device=_device(settings.device),
+        cache_dir=str(settings.cache_dir),
         model_path=model_path,
         calibration_path=calibration_path,
         state=lease.state,
@@ -157,13 +138,15 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     )
     if heartbeat.lost.is_set():
         raise LeaseLost(lease.job_id)
-    if result.cancelled or lease.renew():  # a cancel that came during the export wins too
+    lease.renew()  # a cancel that came during the export wins too
+    if result.cancelled or lease.cancel_requested:
         lease.cancel()
         return
-    reporter.phase("uploading")
+    reporter.phase(Phase.UPLOADING)
     assert result.out_dir is not None
     files = upload_export(s3, settings, result.out_dir, lease.job_id)
-    lease.succeed(result.state, files, {**reporter.progress_dict(), "fraction": 1.0})
+    done = result.state.iteration  # a finished job's progress is whole, whatever its target
+    lease.succeed(result.state, files, Progress(iteration=done, total_iterations=done))
 
 
 def _device(setting: str) -> str:
@@ -174,19 +157,19 @@ def _device(setting: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _write(action, *args) -> None:
+def _fail_unless_lease_lost(lease: Lease, error: dict) -> None:
     try:
-        action(*args)
+        lease.fail(error)
     except LeaseLost:
-        log.warning("lease lost before the job's outcome could be written")
+        log.warning("job %s: lease lost before its failure could be written", lease.job_id)
 
 
-def _retry(lease: Lease, settings: Settings, reason: str, message: str) -> None:
-    from worker.celery_app import enqueue
-
-    error = {"code": "internal_error" if reason == "error" else reason, "message": message}
+def _retry(
+    lease: Lease, settings: Settings, enqueue: Callable[..., None], code: ErrorCode, message: str
+) -> None:
+    """A failure that may pass: the job goes back to the queue while attempts remain."""
     try:
-        requeued = lease.release(reason, error)
+        requeued = lease.release(code.value, {"code": code.value, "message": message})
     except LeaseLost:
         return
     if requeued:

@@ -1,4 +1,5 @@
-"""Signed webhooks for finished jobs, delivered from the outbox with retries and backoff.
+"""Sending the signed webhooks of finished jobs from the outbox (service.webhook_outbox), with
+retries and backoff.
 
 Signature (documented in docs/service.md): header
     BlockPrune-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
@@ -21,10 +22,10 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.db import transaction
-from worker.jobstore import add_event
-from worker.models import WebhookDelivery
-from worker.settings import Settings
+from service.db import transaction
+from service.jobstore import add_event
+from service.settings import Settings
+from service.tables import WebhookDelivery
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "BlockPrune-Signature"

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SettingsDep
-from worker.db import get_engine
-from worker.settings import Settings
+from service.db import get_engine
+from service.settings import Settings
 
 router = APIRouter(tags=["health"])
 TIMEOUT_S = 3
@@ -57,6 +57,6 @@ def _broker(settings: Settings) -> None:
 
 
 def _storage(settings: Settings) -> None:
-    from worker.storage import s3_client
+    from service.storage import s3_client
 
     s3_client(settings, quick=True).head_bucket(Bucket=settings.s3_bucket)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from api.deps import SessionDep, SettingsDep, TenantDep
-from api.errors import ApiError, not_found
+from api.errors import ERROR_RESPONSES, ApiError, not_found
 from api.schemas import (
     ArtifactFile,
     Artifacts,
@@ -18,36 +18,12 @@ from api.schemas import (
     JobList,
     JobView,
 )
-from core.errors import UserError
-from worker import jobstore
-from worker.models import STATUSES
+from contract import ErrorCode, JobStatus
+from service import jobstore, queue, transitions
+from service.storage import presigned_url, s3_client
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 log = logging.getLogger(__name__)
-StatusFilter = Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")]
-
-
-def _check_with_engine(body: JobCreate) -> str:
-    """The engine's own checks of the spec (same rules as the CLI); returns its config hash."""
-    from core.pipeline import PruneSpec
-
-    spec = PruneSpec(**body.spec())
-    try:
-        spec.validate()
-        _check_builtin(body)
-    except UserError as e:
-        raise ApiError(422, e.code, str(e), field=e.field) from None
-    return spec.config_hash()
-
-
-def _check_builtin(body: JobCreate) -> None:
-    from core.calibration import BUILTIN_SOURCES
-    from core.models import BUILTIN_MODELS
-
-    if body.model.startswith("builtin:") and body.model[8:] not in BUILTIN_MODELS:
-        raise UserError("model", f"unknown builtin model; known: {', '.join(BUILTIN_MODELS)}")
-    if body.calibration.startswith("builtin:") and body.calibration not in BUILTIN_SOURCES:
-        raise UserError("calibration", f"unknown builtin source; known: {BUILTIN_SOURCES}")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobView)
@@ -61,14 +37,12 @@ def create_job(
 ) -> JobView:
     """Queue a job. With an `Idempotency-Key`, a retry returns the job the first call made
     (200); the same key with a different body is a 409."""
-    config_hash = _check_with_engine(body)
     try:
         job, created = jobstore.create_job(
             session,
             tenant_id=tenant,
             spec=body.spec(),
-            config_hash=config_hash,
-            metadata=body.metadata,
+            user_metadata=body.metadata,
             webhook_url=str(body.webhook_url) if body.webhook_url else None,
             idempotency_key=idempotency_key,
             request_hash=body.request_hash(),
@@ -77,7 +51,7 @@ def create_job(
     except jobstore.IdempotencyConflict as e:
         raise ApiError(
             409,
-            "idempotency_key_reused",
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
             f"this Idempotency-Key was used for job {e} with a different request body",
             field="Idempotency-Key",
         ) from None
@@ -91,10 +65,8 @@ def create_job(
 
 
 def _enqueue(job_id: str) -> None:
-    from worker.celery_app import enqueue
-
     try:
-        enqueue(job_id)
+        queue.enqueue(job_id)
     except Exception:  # the job is safe in PostgreSQL; the reaper re-sends lost messages
         log.exception("could not enqueue job %s; the reaper will", job_id)
 
@@ -106,16 +78,20 @@ def list_jobs(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1)] = 20,
     after: Annotated[str | None, Query(description="last job id of the previous page")] = None,
-    status: StatusFilter = None,
+    status: JobStatus | None = None,
 ) -> JobList:
     if limit > settings.api_page_size_max:
-        raise ApiError(422, "invalid_request", f"at most {settings.api_page_size_max}", "limit")
+        raise ApiError(
+            422, ErrorCode.INVALID_REQUEST, f"at most {settings.api_page_size_max}", "limit"
+        )
     try:
         jobs, has_more = jobstore.list_jobs(
             session, tenant, limit=limit, after=after, status=status
         )
     except jobstore.UnknownCursor:
-        raise ApiError(422, "invalid_request", f"no job {after} to page after", "after") from None
+        raise ApiError(
+            422, ErrorCode.INVALID_REQUEST, f"no job {after} to page after", "after"
+        ) from None
     return JobList(data=[JobView.of(j) for j in jobs], has_more=has_more)
 
 
@@ -134,9 +110,9 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
     job = jobstore.get_job(session, tenant, job_id, lock=True)
     if job is None:
         raise not_found(job_id)
-    if job.status in ("succeeded", "failed"):
-        raise ApiError(409, "job_finished", f"job {job_id} already {job.status}")
-    jobstore.request_cancel(session, job)
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise ApiError(409, ErrorCode.JOB_FINISHED, f"job {job_id} already {job.status}")
+    transitions.request_cancel(session, job)
     session.commit()
     return JobView.of(job)
 
@@ -156,14 +132,12 @@ def job_artifacts(
     job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep
 ) -> Artifacts:
     """The export's files, each with a presigned download URL."""
-    from worker.storage import presigned_url, s3_client
-
     job = jobstore.get_job(session, tenant, job_id)
     if job is None:
         raise not_found(job_id)
-    if job.status != "succeeded" or not job.artifacts:
+    if job.status != JobStatus.SUCCEEDED or not job.artifacts:
         raise ApiError(
-            409, "not_ready", f"job {job_id} is {job.status}; artifacts come with success"
+            409, ErrorCode.NOT_READY, f"job {job_id} is {job.status}; artifacts come with success"
         )
     s3 = s3_client(settings, public=True)
     files = [

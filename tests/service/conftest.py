@@ -70,9 +70,9 @@ def scratch_dir(request):
 @pytest.fixture(scope="session")
 def database() -> str:
     """A fresh, migrated database for this session."""
-    from worker.commands import main as service_cli
-    from worker.db import reset_engine
-    from worker.settings import get_settings
+    from blockprune.cli import main as service_cli
+    from service.db import reset_engine
+    from service.settings import get_settings
 
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
@@ -90,8 +90,8 @@ def database() -> str:
 def s3_server():
     from moto.server import ThreadedMotoServer
 
-    from worker.settings import get_settings
-    from worker.storage import s3_client
+    from service.settings import get_settings
+    from service.storage import s3_client
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
     server.start()
@@ -124,8 +124,8 @@ def workers(database, s3_server):
 
 
 def _new_key(tenant: str) -> str:
-    from worker.db import transaction
-    from worker.keys import create_key
+    from service.db import transaction
+    from service.keys import create_key
 
     with transaction() as session:
         return create_key(session, tenant)
@@ -164,3 +164,31 @@ def tiny_llama(s3_server):
         "calibration_path": TMP / "docs.txt",
         "module": model,
     }
+
+
+@pytest.fixture
+def new_job(database):
+    """A queued job (straight into the database), and the ids the reaper would enqueue."""
+    from contract import JobSpec
+    from service import jobstore
+    from service.db import transaction
+    from service.keys import create_key, tenant_for_key
+
+    def make(**fields):
+        with transaction() as s:
+            tenant = tenant_for_key(s, create_key(s, "lease-tests"))
+            job, _ = jobstore.create_job(
+                s,
+                tenant_id=tenant,
+                spec=JobSpec(
+                    model="builtin:smollm2-135m", calibration="builtin:stdlib-docs", num_blocks=1
+                ),
+                user_metadata={},
+                webhook_url=fields.get("webhook_url"),
+                idempotency_key=None,
+                request_hash="x",
+                max_attempts=fields.get("max_attempts", 2),
+            )
+            return job.id
+
+    return make

@@ -82,13 +82,14 @@ class WorkerProcess:
     """One `python -m worker worker` process (Celery, prefork, concurrency 1, with reaper),
     in its own process group so that kill -9 takes the pool child with it."""
 
-    def __init__(self, log_path: Path, delay_s: float) -> None:
-        self.log_path, self.delay_s = log_path, delay_s
+    def __init__(self, log_path: Path, delay_s: float, env: dict[str, str] | None = None) -> None:
+        self.log_path, self.delay_s, self.extra_env = log_path, delay_s, env or {}
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "BLOCKPRUNE_DEBUG_ITERATION_DELAY_S": str(delay_s),
             "OMP_NUM_THREADS": "1",  # tiny models; leave the other core to the tests
+            **self.extra_env,
         }
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = log_path.open("wb")
@@ -125,25 +126,78 @@ class WorkerProcess:
 
 class WorkerPool:
     """At most one test worker at a time; `ensure(delay_s)` (re)starts one with that
-    per-iteration delay (a testing aid that makes jobs slow enough to kill or cancel)."""
+    per-iteration delay (a testing aid that makes jobs slow enough to kill or cancel), and
+    `start(delay_s, env)` one with its own settings (BLOCKPRUNE_* variables)."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir, self.current, self.started = log_dir, None, 0
         self.cache_dir = Path(os.environ["BLOCKPRUNE_CACHE_DIR"])
 
     def ensure(self, delay_s: float = 0.0) -> WorkerProcess:
-        if self.current is not None and self.current.delay_s == delay_s:
-            if self.current.proc.poll() is None:
-                return self.current
+        current = self.current
+        if current is not None and current.delay_s == delay_s and not current.extra_env:
+            if current.proc.poll() is None:
+                return current
         return self.start(delay_s)
 
-    def start(self, delay_s: float = 0.0) -> WorkerProcess:
+    def start(self, delay_s: float = 0.0, env: dict[str, str] | None = None) -> WorkerProcess:
         self.stop()
         self.started += 1
-        self.current = WorkerProcess(self.log_dir / f"worker-{self.started}.log", delay_s)
+        log_path = self.log_dir / f"worker-{self.started}.log"
+        self.current = WorkerProcess(log_path, delay_s, env)
         return self.current
 
     def stop(self) -> None:
         if self.current is not None:
             self.current.stop()
             self.current = None
+
+
+class FlakyProxy:
+    """A TCP proxy in front of `target_port` that drops the next `fail_next` connections at
+    once (a service that is briefly unreachable), then forwards bytes both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port, self.fail_next, self.dropped = target_port, 0, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                self.dropped += 1
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.server.close()

@@ -125,7 +125,7 @@ def test_cursor_pagination_and_status_filter(service, database):
 
 
 def test_health_and_readiness(service):
-    from worker.settings import get_settings
+    from service.settings import get_settings
 
     assert service.get("/healthz").json() == {"status": "ok"}
     ready = service.get("/readyz")

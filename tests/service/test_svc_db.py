@@ -38,10 +38,10 @@ def test_migrations_upgrade_from_empty_and_downgrade_back():
         alembic = [sys.executable, "-m", "alembic", "upgrade", "head"]
         subprocess.run(alembic, cwd=REPO, env=env, check=True, capture_output=True)
         assert TABLES <= _tables(dsn)
-        down = [sys.executable, "-m", "worker", "db", "downgrade", "base"]
+        down = [sys.executable, "-m", "blockprune", "db", "downgrade", "base"]
         subprocess.run(down, cwd=REPO, env=env, check=True, capture_output=True)
         assert _tables(dsn) == {"alembic_version"}
-        up = [sys.executable, "-m", "worker", "db", "upgrade"]
+        up = [sys.executable, "-m", "blockprune", "db", "upgrade"]
         subprocess.run(up, cwd=REPO, env=env, check=True, capture_output=True)
         assert TABLES <= _tables(dsn)
     finally:
@@ -50,10 +50,10 @@ def test_migrations_upgrade_from_empty_and_downgrade_back():
 
 
 def test_keys_create_prints_the_key_last_and_stores_only_its_hash(service, database):
-    from worker.db import get_engine
+    from service.db import get_engine
 
     out = subprocess.run(
-        [sys.executable, "-m", "worker", "keys", "create", "--tenant", "cli-tenant"],
+        [sys.executable, "-m", "blockprune", "keys", "create", "--tenant", "cli-tenant"],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -69,42 +69,13 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(service, datab
 
 
 @pytest.fixture
-def new_job(database):
-    """A queued job (straight into the database), and the ids the reaper would enqueue."""
-    from worker import jobstore
-    from worker.db import transaction
-    from worker.keys import create_key, tenant_for_key
-
-    def make(**fields):
-        with transaction() as s:
-            tenant = tenant_for_key(s, create_key(s, "lease-tests"))
-            job, _ = jobstore.create_job(
-                s,
-                tenant_id=tenant,
-                spec={"model": "builtin:smollm2-135m", "num_blocks": 1},
-                config_hash="x",
-                metadata={},
-                webhook_url=fields.get("webhook_url"),
-                idempotency_key=None,
-                request_hash="x",
-                max_attempts=fields.get("max_attempts", 2),
-            )
-            return job.id
-
-    return make
-
-
-@pytest.fixture
-def enqueued(monkeypatch) -> list[str]:
-    sent: list[str] = []
-    monkeypatch.setattr(
-        "worker.celery_app.enqueue", lambda job_id, countdown=None: sent.append(job_id)
-    )
-    return sent
+def enqueued() -> list[str]:
+    """What the reaper sends (its `enqueue`), instead of a broker."""
+    return []
 
 
 def _expire_lease(job_id: str) -> None:
-    from worker.db import transaction
+    from service.db import transaction
 
     with transaction() as s:
         s.execute(
@@ -114,35 +85,38 @@ def _expire_lease(job_id: str) -> None:
 
 
 def _job(job_id: str):
-    from worker.db import transaction
-    from worker.models import Job
+    from service.db import transaction
+    from service.tables import Job
 
     with transaction() as s:
         return s.get(Job, job_id)
 
 
 def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
+    from contract import Progress, RemovedBlock, SearchState
+    from service.settings import get_settings
     from worker.leases import Lease, LeaseLost
     from worker.reaper import reap_once
-    from worker.settings import get_settings
 
     job_id = new_job(webhook_url="http://127.0.0.1:9/hook")
     old = Lease.claim(job_id, "worker-1", lease_s=60)
     assert old is not None and old.attempt == 1
     assert Lease.claim(job_id, "worker-2", lease_s=60) is None  # held: nobody else gets it
-    old.checkpoint({"iteration": 1, "removed": [{"block": "mlp", "layer": 0, "ppl": 2.0}]}, {})
+    one = SearchState(removed=[RemovedBlock(block="mlp", layer=0, ppl=2.0)])
+    old.checkpoint(one, Progress(iteration=1))
 
     _expire_lease(job_id)  # worker-1 stalls past its lease
-    assert reap_once(get_settings()) == [job_id] and enqueued == [job_id]
+    assert reap_once(get_settings(), enqueue=enqueued.append) == [job_id]
+    assert enqueued == [job_id]
     job = _job(job_id)
     assert job.status == "queued" and job.lease_token is None and job.state["iteration"] == 1
 
     new = Lease.claim(job_id, "worker-2", lease_s=60)
-    assert new is not None and new.attempt == 2 and new.state["iteration"] == 1
+    assert new is not None and new.attempt == 2 and new.state == one
     for stale_write in (
         lambda: old.renew(),
-        lambda: old.checkpoint({"iteration": 2, "removed": []}, {}),
-        lambda: old.succeed({}, [], {}),
+        lambda: old.checkpoint(SearchState(), Progress()),
+        lambda: old.succeed(SearchState(), [], Progress()),
         lambda: old.fail({"code": "x", "message": "y"}),
     ):
         with pytest.raises(LeaseLost):
@@ -151,12 +125,12 @@ def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
 
     # Out of attempts: the reaper fails the job instead of re-queueing it, and queues its webhook.
     _expire_lease(job_id)
-    assert reap_once(get_settings()) == []
+    assert reap_once(get_settings(), enqueue=enqueued.append) == []
     job = _job(job_id)
     assert job.status == "failed" and job.error["code"] == "attempts_exhausted"
     with pytest.raises(LeaseLost):
         new.renew()
-    from worker.db import get_engine
+    from service.db import get_engine
 
     with get_engine().connect() as conn:
         hooks = conn.execute(
@@ -166,10 +140,10 @@ def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
 
 
 def test_claim_honours_cancel_and_release_requeues(new_job, enqueued):
-    from worker.db import transaction
-    from worker.jobstore import request_cancel
+    from service.db import transaction
+    from service.tables import Job
+    from service.transitions import request_cancel
     from worker.leases import Lease
-    from worker.models import Job
 
     job_id = new_job(max_attempts=3)
     lease = Lease.claim(job_id, "worker-1", lease_s=60)
@@ -180,7 +154,9 @@ def test_claim_honours_cancel_and_release_requeues(new_job, enqueued):
     with transaction() as s:
         request_cancel(s, s.get(Job, job_id, with_for_update=True))
     assert _job(job_id).status == "cancelling"
-    assert lease.renew() is True  # the heartbeat sees the request
+    assert not lease.cancel_requested
+    lease.renew()
+    assert lease.cancel_requested  # the heartbeat sees the request
     _expire_lease(job_id)  # ...but the worker dies before stopping
     assert Lease.claim(job_id, "worker-2", lease_s=60) is None
     assert _job(job_id).status == "cancelled"

@@ -42,16 +42,17 @@ class WebhookReceiver:
 
 def engine_result(tiny: dict, tmp_path, **spec_fields) -> dict:
     """The engine's own, uninterrupted result for the same job, in this process."""
-    from core.pipeline import PruneSpec, run_prune
+    from contract import JobSpec
+    from core.pipeline import run_prune
 
-    spec = PruneSpec(**{**job_body(tiny), **spec_fields})
+    spec = JobSpec(**{**job_body(tiny), **spec_fields})
     result = run_prune(
         spec,
         tmp_path / "engine-export",
         model_path=str(tiny["local_dir"]),
         calibration_path=str(tiny["calibration_path"]),
     )
-    return result.state
+    return result.state.to_json()
 
 
 def test_job_end_to_end(service, workers, key_a, tiny_llama, tmp_path):

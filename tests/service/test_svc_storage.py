@@ -31,8 +31,8 @@ class Recording:
 
 
 def test_upload_is_multipart_verified_and_manifest_last(s3_server, tmp_path):
-    from worker.settings import get_settings
-    from worker.storage import sha256_file, upload_export
+    from service.settings import get_settings
+    from worker.uploads import sha256_file, upload_export
 
     settings = get_settings().model_copy(
         update={"s3_multipart_threshold_mb": 5, "s3_multipart_chunk_mb": 5}
@@ -49,8 +49,8 @@ def test_upload_is_multipart_verified_and_manifest_last(s3_server, tmp_path):
 
 
 def test_upload_that_does_not_verify_writes_no_manifest(s3_server, tmp_path):
-    from worker.settings import get_settings
-    from worker.storage import UploadVerificationError, upload_export
+    from service.settings import get_settings
+    from worker.uploads import UploadVerificationError, upload_export
 
     (tmp_path / "pruning.json").write_text("{}")
     with pytest.raises(UploadVerificationError):
@@ -60,7 +60,8 @@ def test_upload_that_does_not_verify_writes_no_manifest(s3_server, tmp_path):
 
 
 def test_pickle_only_model_is_refused_before_any_download(s3_server, tmp_path):
-    from core.errors import UserError
+    from contract import UserError
+
     from worker.downloads import fetch_model
 
     for name in ("config.json", "pytorch_model.bin"):
@@ -89,7 +90,8 @@ def test_model_download_skips_pickles_and_is_cached(s3_server, tmp_path):
 
 
 def test_missing_calibration_object_is_a_user_error(s3_server, tmp_path):
-    from core.errors import UserError
+    from contract import UserError
+
     from worker.downloads import fetch_calibration
 
     with pytest.raises(UserError) as error:

@@ -1,8 +1,4 @@
-"""S3 (AWS, MinIO, moto): the client, uploading a job's export, presigned download URLs.
-
-Newer boto3 sends CRC checksum headers by default, which MinIO and other S3-compatibles
-reject or mishandle; checksums are sent only when an operation requires them.
-"""
+"""Uploading a job's export to S3: every file verified, the manifest last."""
 
 from __future__ import annotations
 
@@ -11,33 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 
-from worker.settings import Settings
+from service.settings import Settings
+from service.storage import MANIFEST_NAME, job_prefix
 
 MIB = 2**20
-MANIFEST_NAME = "manifest.json"
 
 
 class UploadVerificationError(RuntimeError):
     """An uploaded object does not match the local file (size or sha256)."""
-
-
-def s3_client(settings: Settings, *, public: bool = False, quick: bool = False) -> Any:
-    """`public`: for presigned URLs handed to users. `quick`: one try, short timeouts (probes)."""
-    endpoint = (settings.s3_public_endpoint_url if public else None) or settings.s3_endpoint_url
-    config = Config(
-        s3={"addressing_style": "path"},
-        signature_version="s3v4",
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"max_attempts": 1 if quick else 5, "mode": "standard"},
-        connect_timeout=3 if quick else 60,
-        read_timeout=3 if quick else 60,
-    )
-    return boto3.client("s3", endpoint_url=endpoint, region_name=settings.s3_region, config=config)
 
 
 def sha256_file(path: Path) -> str:
@@ -46,10 +25,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(MIB), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
 
 
 def upload_export(s3: Any, settings: Settings, out_dir: Path, job_id: str) -> list[dict]:
@@ -91,11 +66,3 @@ def upload_export(s3: Any, settings: Settings, out_dir: Path, job_id: str) -> li
         Bucket=bucket, Key=prefix + MANIFEST_NAME, Body=manifest, ContentType="application/json"
     )
     return files
-
-
-def presigned_url(s3: Any, settings: Settings, job_id: str, name: str) -> str:
-    return s3.generate_presigned_url(
-        "get_object",
-        Params={"Bucket": settings.s3_bucket, "Key": job_prefix(job_id) + name},
-        ExpiresIn=settings.presign_ttl_s,
-    )

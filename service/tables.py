@@ -22,10 +22,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-LEASED_STATUSES = ("running", "cancelling")
-PHASES = ("loading", "calibrating", "searching", "exporting", "uploading")
+from contract import JobStatus
+
+# The CHECK constraint's list (migration 0001 wrote the same values).
+STATUSES = tuple(s.value for s in JobStatus)
 
 
 def _now() -> Mapped[datetime]:
@@ -58,17 +58,19 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)  # list order, cursor
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # Changed only through service.transitions (the status machine); read as JobStatus(status).
     status: Mapped[str] = mapped_column(String(16))
-    phase: Mapped[str | None] = mapped_column(String(16))
-    spec: Mapped[dict[str, Any]]  # the validated request: model, calibration, targets...
+    phase: Mapped[str | None] = mapped_column(String(16))  # a contract.Phase value
+    spec: Mapped[dict[str, Any]]  # a contract.JobSpec, as JSON
     config_hash: Mapped[str] = mapped_column(String(64))
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB)
+    # The tenant's own labels ("metadata" in the API; the name is taken on declarative classes).
+    user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
-    # The engine's search state (removed blocks, PPLs, iteration): the checkpoint.
+    # The checkpoint: a contract.SearchState as JSON, committed after every search iteration.
     state: Mapped[dict[str, Any] | None]
-    progress: Mapped[dict[str, Any] | None]
+    progress: Mapped[dict[str, Any] | None]  # a contract.Progress as JSON
     error: Mapped[dict[str, Any] | None]
     artifacts: Mapped[list[Any] | None]  # the uploaded manifest: [{name, size, sha256}]
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

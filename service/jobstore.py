@@ -1,20 +1,18 @@
-"""Job rows as the API and the reaper see them: create, read, list, cancel, finish, history.
-
-Writes by the worker that holds a job's lease go through `worker.leases` instead, which fences
-each of them with the lease token.
-"""
+"""Job rows in PostgreSQL: create, read, list and history. No status rules live here: every
+status change goes through service.transitions; the worker's fenced writes through
+worker.leases."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worker.models import Job, JobEvent, WebhookDelivery
+from contract import JobSpec, JobStatus
+from service.tables import Job, JobEvent
 
 
 class IdempotencyConflict(Exception):
@@ -29,18 +27,12 @@ def add_event(session: Session, job_id: str, kind: str, **data: Any) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
-def set_status(session: Session, job: Job, status: str, **event_data: Any) -> None:
-    add_event(session, job.id, "status", **{"from": job.status, "to": status}, **event_data)
-    job.status = status
-
-
 def create_job(
     session: Session,
     *,
     tenant_id: str,
-    spec: dict,
-    config_hash: str,
-    metadata: dict[str, str],
+    spec: JobSpec,
+    user_metadata: dict[str, str],
     webhook_url: str | None,
     idempotency_key: str | None,
     request_hash: str,
@@ -55,10 +47,10 @@ def create_job(
     job = Job(
         id=str(uuid.uuid4()),
         tenant_id=tenant_id,
-        status="queued",
-        spec=spec,
-        config_hash=config_hash,
-        meta=metadata,
+        status=JobStatus.QUEUED.value,
+        spec=spec.model_dump(mode="json"),
+        config_hash=spec.config_hash(),
+        user_metadata=user_metadata,
         webhook_url=webhook_url,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -76,7 +68,7 @@ def create_job(
         if existing is None:
             raise
         return _replayed(existing, request_hash), False
-    add_event(session, job.id, "created", status="queued")
+    add_event(session, job.id, "created", status=JobStatus.QUEUED.value)
     session.flush()
     session.refresh(job)
     return job, True
@@ -98,7 +90,12 @@ def get_job(session: Session, tenant_id: str, job_id: str, *, lock: bool = False
 
 
 def list_jobs(
-    session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None
+    session: Session,
+    tenant_id: str,
+    *,
+    limit: int,
+    after: str | None,
+    status: JobStatus | None,
 ) -> tuple[list[Job], bool]:
     """Newest first; `after` is the last job id of the previous page."""
     query = select(Job).where(Job.tenant_id == tenant_id)
@@ -108,7 +105,7 @@ def list_jobs(
             raise UnknownCursor(after)
         query = query.where(Job.seq < cursor)
     if status is not None:
-        query = query.where(Job.status == status)
+        query = query.where(Job.status == status.value)
     jobs = list(session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)))
     return jobs[:limit], len(jobs) > limit
 
@@ -117,53 +114,3 @@ def list_events(session: Session, job_id: str) -> list[JobEvent]:
     return list(
         session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
     )
-
-
-def request_cancel(session: Session, job: Job) -> None:
-    """Queued: cancelled now. Running: `cancelling` until the worker stops at its next check.
-    Already cancelling or cancelled: nothing to do. The row must be locked by the caller."""
-    if job.status == "queued":
-        finish(session, job, "cancelled", reason="cancelled while queued")
-    elif job.status == "running":
-        job.cancel_requested = True
-        set_status(session, job, "cancelling")
-
-
-def finish(
-    session: Session,
-    job: Job,
-    status: str,
-    *,
-    error: dict | None = None,
-    reason: str | None = None,
-) -> None:
-    """Put `job` in a final state, drop its lease and queue its webhook, in the caller's
-    transaction (so the webhook goes out if and only if this state is committed)."""
-    extra = {"reason": reason} if reason else {}
-    if error is not None:
-        job.error = error
-        add_event(session, job.id, "error", **error)
-    set_status(session, job, status, **extra)
-    job.phase = None
-    job.finished_at = func.now()
-    job.lease_token = job.lease_owner = job.lease_expires_at = None
-    if job.webhook_url:
-        session.add(
-            WebhookDelivery(job_id=job.id, url=job.webhook_url, payload=webhook_payload(job))
-        )
-
-
-def webhook_payload(job: Job) -> dict:
-    removed = (job.state or {}).get("removed", [])
-    return {
-        "id": f"evt_{uuid.uuid4().hex}",
-        "type": f"job.{job.status}",
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "data": {
-            "id": job.id,
-            "status": job.status,
-            "error": job.error,
-            "removed": removed,
-            "metadata": job.meta,
-        },
-    }

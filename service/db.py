@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
-from worker.settings import get_settings
+from service.settings import get_settings
 
 _engine: Engine | None = None
 

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "blockprune"
     s3_multipart_threshold_mb: int = Field(64, ge=5)
     s3_multipart_chunk_mb: int = Field(64, ge=5)  # S3 parts are at least 5 MiB
+    # boto3's tries per request (the first included); when they fail, the job attempt is retried.
+    s3_max_attempts: int = Field(6, ge=1)
     presign_ttl_s: int = Field(900, ge=1, le=7 * 24 * 3600)
     cache_dir: Path = Path.home() / ".cache" / "blockprune" / "worker"
     work_dir: Path = Path(tempfile.gettempdir()) / "blockprune-jobs"

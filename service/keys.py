@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.models import ApiKey, Tenant
+from service.tables import ApiKey, Tenant
 
 KEY_PREFIX = "bp_"
 

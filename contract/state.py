@@ -1,0 +1,124 @@
+"""The search's state (the one shape of a checkpoint) and a job's progress.
+
+`SearchState` is what the engine returns, what `blockprune prune` saves next to its output and
+what a worker commits to PostgreSQL after every iteration. It carries the spec's result fields
+that made it, so a resume with other settings can say which fields differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from contract.errors import ErrorCode, UserError
+from contract.spec import JobSpec
+
+
+class BlockRef(BaseModel):
+    """One block of the model: the attention (mha) or MLP block of a decoder layer."""
+
+    model_config = ConfigDict(frozen=True)
+    block: Literal["mha", "mlp"]
+    layer: int = Field(ge=0)
+
+
+class RemovedBlock(BlockRef):
+    ppl: float = Field(description="calibration PPL after removing this block")
+
+
+@dataclass
+class SearchState:
+    spec: dict[str, Any] | None = None  # JobSpec.result_fields() of the spec that made it
+    config_hash: str = ""
+    base_ppl: float | None = None
+    removed: list[RemovedBlock] = field(default_factory=list)
+    total_iterations: int | None = None  # the target when it was last run (None: a ratio)
+    done: bool = False
+    final_ppl: float | None = None
+
+    @classmethod
+    def new(cls, spec: JobSpec) -> SearchState:
+        return cls(spec=spec.result_fields(), config_hash=spec.config_hash())
+
+    @property
+    def iteration(self) -> int:
+        """Completed iterations: one block is removed per iteration."""
+        return len(self.removed)
+
+    def check_resumable(self, spec: JobSpec) -> None:
+        """Refuse, naming the fields, a state made with settings other than `spec`'s."""
+        if self.config_hash == spec.config_hash():
+            return
+        if self.spec is not None:
+            detail = "; ".join(spec.differences(self.spec))
+        else:  # a state from before specs were saved with it: only the hash is known
+            detail = f"config hash {self.config_hash!r} in the state, {spec.config_hash()!r} now"
+        raise UserError(
+            "resume",
+            f"the saved search state was made with different settings ({detail}); "
+            "start a new search instead",
+            code=ErrorCode.STATE_MISMATCH,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config_hash": self.config_hash,
+            "spec": self.spec,
+            "base_ppl": self.base_ppl,
+            "removed": [r.model_dump() for r in self.removed],
+            "iteration": self.iteration,
+            "total_iterations": self.total_iterations,
+            "done": self.done,
+            "final_ppl": self.final_ppl,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SearchState:
+        """Read a saved state (also one written before `spec` was saved with it)."""
+        if not isinstance(data, dict):
+            raise UserError("state", f"expected a JSON object, got {type(data).__name__}")
+        try:
+            state = cls(
+                spec=data.get("spec"),
+                config_hash=str(data.get("config_hash", "")),
+                base_ppl=_number(data.get("base_ppl")),
+                removed=[RemovedBlock.model_validate(r) for r in data.get("removed", [])],
+                total_iterations=data.get("total_iterations"),
+                done=bool(data.get("done", False)),
+                final_ppl=_number(data.get("final_ppl")),
+            )
+        except (TypeError, ValueError) as e:
+            raise UserError("state", f"not a search state: {e}") from None
+        if "iteration" in data and data["iteration"] != state.iteration:
+            raise UserError("state", "iteration does not match the removed blocks")
+        return state
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+class Progress(BaseModel):
+    """Where a search is: the engine reports it per candidate, the API shows it."""
+
+    iteration: int = Field(0, description="completed search iterations")
+    total_iterations: int | None = Field(None, description="None for a param_ratio target")
+    scored: int = Field(0, description="candidates scored in the running iteration")
+    total_candidates: int = Field(0, description="candidates of the running iteration")
+    best_ppl: float | None = Field(None, description="lowest PPL of the running iteration so far")
+    best_block: BlockRef | None = Field(None, description="the block that gave best_ppl")
+    last_block: BlockRef | None = Field(None, description="the candidate scored last")
+
+    @computed_field(description="share of the job's candidates done; None for a ratio target")
+    def fraction(self) -> float | None:
+        if not self.total_iterations:
+            return None
+        within = self.scored / self.total_candidates if self.total_candidates else 0.0
+        return min(1.0, (self.iteration + within) / self.total_iterations)

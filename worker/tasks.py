@@ -1,0 +1,57 @@
+"""The worker process: the Celery task that runs a job, and the process's lifecycle hooks
+(preload the engine, fresh database connections after fork, the reaper thread).
+
+The task is thin: it hands the job id to worker.runner, which does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import signals
+
+from service.db import reset_engine
+from service.queue import RUN_JOB_TASK, celery_app
+from service.settings import get_settings
+from worker.reaper import ReaperThread
+from worker.runner import execute_job
+
+log = logging.getLogger(__name__)
+app = celery_app()
+
+
+@app.task(name=RUN_JOB_TASK)
+def run_job(job_id: str) -> None:
+    execute_job(job_id)
+
+
+_reaper: ReaperThread | None = None
+
+
+@signals.worker_init.connect
+def _preload_engine(**_) -> None:
+    """Import transformers' model classes once in the main process, before the pool forks, so
+    no job pays for it (worker.runner already imported torch and the engine). CUDA is not
+    initialised here, so forking stays safe."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+
+@signals.worker_process_init.connect
+def _forked_child(**_) -> None:
+    reset_engine(after_fork=True)  # never share the parent's pooled connections
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_) -> None:
+    global _reaper
+    settings = get_settings()
+    if settings.worker_runs_reaper:
+        _reaper = ReaperThread(settings)
+        _reaper.start()
+        log.info("reaper running every %ss", settings.reaper_interval_s)
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(**_) -> None:
+    if _reaper is not None:
+        _reaper.stop()
