@@ -9,7 +9,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import __version__
+    from contract import __version__
     from core.cli import add_engine_commands
 
     parser = argparse.ArgumentParser(

@@ -3,4 +3,6 @@
 Nothing in this package imports FastAPI, Celery or SQLAlchemy.
 """
 
-__version__ = "0.1.0"
+from contract import __version__  # one version for the product
+
+__all__ = ["__version__"]

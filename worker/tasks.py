@@ -30,10 +30,14 @@ _reaper: ReaperThread | None = None
 
 @signals.worker_init.connect
 def _preload_engine(**_) -> None:
-    """Import transformers' model classes once in the main process, before the pool forks, so
-    no job pays for it (worker.runner already imported torch and the engine). CUDA is not
+    """Import the engine (torch, transformers; core.pipeline imports them only when a job runs)
+    once in the main process, before the pool forks, so no job pays for it. CUDA is not
     initialised here, so forking stays safe."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    import core.calibration  # noqa: F401
+    import core.export  # noqa: F401
+    import core.search  # noqa: F401
 
 
 @signals.worker_process_init.connect
