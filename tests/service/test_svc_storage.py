@@ -61,7 +61,6 @@ def test_upload_that_does_not_verify_writes_no_manifest(s3_server, tmp_path):
 
 def test_pickle_only_model_is_refused_before_any_download(s3_server, tmp_path):
     from contract import UserError
-
     from worker.downloads import fetch_model
 
     for name in ("config.json", "pytorch_model.bin"):
@@ -91,7 +90,6 @@ def test_model_download_skips_pickles_and_is_cached(s3_server, tmp_path):
 
 def test_missing_calibration_object_is_a_user_error(s3_server, tmp_path):
     from contract import UserError
-
     from worker.downloads import fetch_calibration
 
     with pytest.raises(UserError) as error:
