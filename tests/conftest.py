@@ -82,3 +82,9 @@ def word_tokenizer():
 def random_text(n_words: int, seed: int = 0) -> str:
     g = torch.Generator().manual_seed(seed)
     return " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (n_words,), generator=g))
+
+
+# The service stack's fixtures (PostgreSQL database, moto S3, Celery workers, API keys), shared
+# by tests/svc/ and tests/security/. Importing it sets the BLOCKPRUNE_* environment for the
+# session; nothing starts until a test asks for a fixture.
+from svc.fixtures import *  # noqa: E402, F403

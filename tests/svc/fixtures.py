@@ -1,4 +1,4 @@
-"""Fixtures for the service tests, against the machine's real PostgreSQL and Redis.
+"""Fixtures for the service and security tests, against the machine's real PostgreSQL and Redis.
 
 Each test session gets its own database (blockprune_test_<pid>, dropped at the end), its own
 Celery queue, a moto S3 server on a free port, and real `python -m worker worker` processes.

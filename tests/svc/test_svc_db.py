@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from .conftest import ADMIN_DSN, RUN_ID
+from .fixtures import ADMIN_DSN, RUN_ID
 from .helpers import REPO
 
 TABLES = {"tenants", "api_keys", "jobs", "job_events", "webhook_deliveries"}

@@ -121,7 +121,7 @@ def test_job_end_to_end(service, workers, key_a, tiny_llama, tmp_path):
 
 def test_bad_inputs_fail_the_job_with_a_clear_error(service, workers, key_a, tiny_llama, s3_server):
     """Each problem found by the worker ends the job `failed` with its code, never stuck."""
-    from .conftest import BUCKET
+    from .fixtures import BUCKET
 
     workers.ensure()
     for name in ("config.json", "pytorch_model.bin"):

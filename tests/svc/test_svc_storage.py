@@ -9,7 +9,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from .conftest import BUCKET
+from .fixtures import BUCKET
 
 
 class Recording:

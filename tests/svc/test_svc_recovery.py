@@ -3,7 +3,7 @@ the next attempt resumes from the checkpoint with the engine's own result."""
 
 from __future__ import annotations
 
-from .conftest import S3_PORT
+from .fixtures import S3_PORT
 from .helpers import FlakyProxy, events, job_body, wait_for
 from .test_svc_jobs import engine_result
 

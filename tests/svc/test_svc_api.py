@@ -102,7 +102,7 @@ def test_idempotency_key_returns_the_same_job(service, key_a, key_b):
 
 
 def test_cursor_pagination_and_status_filter(service, database):
-    from .conftest import _new_key
+    from .fixtures import _new_key
 
     headers = {"Authorization": f"Bearer {_new_key('tenant-pages')}"}
     ids = [
