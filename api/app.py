@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.errors import error_code_table, install_error_handlers
-from api.routers import health, jobs
+from api.routers import health, jobs, tenant, uploads
 from contract import __version__
 
 DESCRIPTION = f"""Training-free block pruning of LLMs (BlockPruner), as a service.
@@ -26,4 +26,6 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
+    app.include_router(uploads.router, prefix="/v1")
+    app.include_router(tenant.router, prefix="/v1")
     return app

@@ -41,6 +41,7 @@ def _tenant(
             headers=_UNAUTHORIZED,
         )
     tenant_id = tenant_for_key(session, credentials.credentials)
+    session.commit()  # the key's last use; nothing else is written yet
     if tenant_id is None:
         raise ApiError(401, ErrorCode.UNAUTHENTICATED, "invalid API key", headers=_UNAUTHORIZED)
     return tenant_id

@@ -3,12 +3,27 @@ one of contract.ErrorCode (rendered in the OpenAPI description by `error_code_ta
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract import ErrorCode
+
+log = logging.getLogger(__name__)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Starlette's own errors (no route, wrong method...) in the one error shape.
+_HTTP_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.INVALID_REQUEST,
+    415: ErrorCode.INVALID_REQUEST,
+}
 
 
 class ErrorDetail(BaseModel):
@@ -26,7 +41,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in [
         (401, "no valid API key"),
-        (404, "no such job for this tenant"),
+        (404, "no such job or upload for this tenant"),
         (409, "the job is not in a state that allows this"),
         (422, "the request does not validate; `field` names the first problem"),
     ]
@@ -47,9 +62,24 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def not_found(job_id: str) -> ApiError:
+def not_found(job_id: str, what: str = "job") -> ApiError:
     # Another tenant's job is "not found" too: its existence is not ours to reveal.
-    return ApiError(404, ErrorCode.NOT_FOUND, f"job {job_id} not found")
+    return ApiError(404, ErrorCode.NOT_FOUND, f"{what} {printable(job_id)[:64]} not found")
+
+
+def check_id(value: str, what: str = "job") -> str:
+    """An id is a UUID: anything else is a 404 before any query is made."""
+    try:
+        if str(uuid.UUID(value)) == value:
+            return value
+    except ValueError:
+        pass
+    raise not_found(value, what)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters and lone surrogates escaped (a response must encode)."""
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def error_code_table() -> str:
@@ -59,9 +89,9 @@ def error_code_table() -> str:
 
 
 def _body(code: ErrorCode, message: str, field: str | None = None, **extra) -> dict:
-    error = {"code": code.value, "message": message, **extra}
+    error = {"code": code.value, "message": printable(message), **extra}
     if field is not None:
-        error["field"] = field
+        error["field"] = printable(field)
     return {"error": error}
 
 
@@ -80,7 +110,10 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
-        {"field": _field_name(tuple(e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
+        {
+            "field": printable(_field_name(tuple(e["loc"]))),
+            "message": printable(e["msg"].removeprefix("Value error, ")),
+        }
         for e in exc.errors()
     ]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
@@ -91,6 +124,26 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+    return JSONResponse(
+        _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: the tenant gets a reference, the log gets the exception."""
+    reference = uuid.uuid4().hex[:12]
+    log.error(
+        "unhandled error %s on %s %s", reference, request.method, request.url.path, exc_info=exc
+    )
+    message = f"internal error (reference {reference}); it has been logged"
+    return JSONResponse(_body(ErrorCode.INTERNAL_ERROR, message), status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

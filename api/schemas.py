@@ -20,9 +20,12 @@ from contract import (
     RemovedBlock,
     SearchState,
 )
+from contract.sources import CALIBRATION_SUFFIXES
+from contract.spec import CleanStr
 from service.tables import Job
 
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/\S*$")
+UPLOAD = re.compile(r"^upload:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HF_ID = re.compile(r"^hf:[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 BUILTIN = re.compile(r"^builtin:[\w.\-]+$")
 
@@ -30,7 +33,9 @@ BUILTIN = re.compile(r"^builtin:[\w.\-]+$")
 class JobOptions(BaseModel):
     """What a job carries besides its spec: the tenant's labels and where to say it ended."""
 
-    metadata: dict[str, str] = Field(default_factory=dict, description="up to 32 string pairs")
+    metadata: dict[CleanStr, CleanStr] = Field(
+        default_factory=dict, description="up to 32 string pairs"
+    )
     webhook_url: AnyHttpUrl | None = Field(None, description="receives the final state, signed")
 
     @field_validator("metadata")
@@ -50,9 +55,9 @@ class JobCreate(JobSpec, JobOptions):
     @field_validator("model")
     @classmethod
     def _model_source(cls, v: str) -> str:
-        if not (S3_URI.match(v) or HF_ID.match(v) or BUILTIN.match(v)):
+        if not (UPLOAD.match(v) or S3_URI.match(v) or HF_ID.match(v) or BUILTIN.match(v)):
             raise ValueError(
-                "must be s3://bucket/prefix/, hf:ORG/NAME[@revision] or builtin:NAME "
+                "must be upload:ID, s3://bucket/prefix/, hf:ORG/NAME[@revision] or builtin:NAME "
                 "(the service does not read paths on its own disks)"
             )
         return v
@@ -61,11 +66,13 @@ class JobCreate(JobSpec, JobOptions):
     @classmethod
     def _calibration_source(cls, v: str) -> str:
         if S3_URI.match(v):
-            if not v.endswith((".txt", ".jsonl")):
+            if not v.endswith(CALIBRATION_SUFFIXES):
                 raise ValueError("an s3:// calibration source must be a .txt or .jsonl file")
             return v
-        if not (HF_ID.match(v) or BUILTIN.match(v)):
-            raise ValueError("must be s3://bucket/key.txt|.jsonl, hf:NAME or builtin:NAME")
+        if not (UPLOAD.match(v) or HF_ID.match(v) or BUILTIN.match(v)):
+            raise ValueError(
+                "must be upload:ID, s3://bucket/key.txt|.jsonl, hf:NAME or builtin:NAME"
+            )
         return v
 
     def spec(self) -> JobSpec:

@@ -16,6 +16,7 @@ class ErrorCode(str, Enum):
     INVALID_REQUEST = "invalid_request"
     UNAUTHENTICATED = "unauthenticated"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     JOB_FINISHED = "job_finished"
     NOT_READY = "not_ready"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
@@ -35,6 +36,8 @@ class ErrorCode(str, Enum):
     S3_OBJECT_NOT_FOUND = "s3_object_not_found"
     S3_ACCESS_DENIED = "s3_access_denied"
     OUT_DIR_NOT_EMPTY = "out_dir_not_empty"
+    INPUT_NOT_ALLOWED = "input_not_allowed"
+    UPLOAD_INCOMPLETE = "upload_incomplete"
     TIME_LIMIT = "time_limit"
     INTERNAL_ERROR = "internal_error"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
@@ -48,6 +51,7 @@ _DESCRIPTIONS = {
     ErrorCode.INVALID_REQUEST: "the request does not validate; `errors` lists every problem",
     ErrorCode.UNAUTHENTICATED: "no API key, or one that is unknown or revoked",
     ErrorCode.NOT_FOUND: "no such job for this tenant, or a named file or model does not exist",
+    ErrorCode.METHOD_NOT_ALLOWED: "the path exists, but not with this HTTP method",
     ErrorCode.JOB_FINISHED: "the job already succeeded or failed, so it cannot be cancelled",
     ErrorCode.NOT_READY: "artifacts exist only once a job has succeeded",
     ErrorCode.IDEMPOTENCY_KEY_REUSED: "the Idempotency-Key was used with another request body",
@@ -66,6 +70,9 @@ _DESCRIPTIONS = {
     ErrorCode.HUB_UNREACHABLE: "an hf: source was asked for and the hub cannot be reached",
     ErrorCode.S3_OBJECT_NOT_FOUND: "an s3:// input does not exist",
     ErrorCode.S3_ACCESS_DENIED: "the service may not read an s3:// input",
+    ErrorCode.INPUT_NOT_ALLOWED: "an input outside this tenant's uploads and the shared "
+    "prefixes, or an hf: source the operator does not allow",
+    ErrorCode.UPLOAD_INCOMPLETE: "the named upload has not been completed yet",
     ErrorCode.OUT_DIR_NOT_EMPTY: "the export directory exists and is not empty",
     ErrorCode.TIME_LIMIT: (
         "an attempt ran past the worker's time limit (it resumes if attempts remain)"

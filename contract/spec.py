@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, get_args
+import re
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,6 +28,20 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from contract.errors import UserError
 from contract.sources import check_builtin_calibration, check_builtin_model
 
+# Control characters (NUL...) and lone surrogates: no name, path or label needs them, and they
+# break what stores or prints text (PostgreSQL refuses NUL, UTF-8 refuses surrogates).
+_UNCLEAN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_clean_text(value: str) -> str:
+    found = _UNCLEAN.search(value)
+    if found:
+        code = f"U+{ord(found.group()):04X}"
+        raise ValueError(f"must not contain control characters or lone surrogates ({code})")
+    return value
+
+
+CleanStr = Annotated[str, AfterValidator(check_clean_text)]
 BlockTypes = Literal["mix", "mha", "mlp"]
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockTypes)
 BLOCK_KINDS = ("mha", "mlp")  # the two blocks of a decoder layer; "mix" searches both
@@ -49,17 +65,17 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(
+    model: CleanStr = Field(
         min_length=1,
         max_length=1024,
-        description="the model: a local directory (CLI only), s3://bucket/prefix/ (service), "
-        "hf:ORG/NAME[@revision] or builtin:smollm2-135m",
+        description="the model: a local directory (CLI only), upload:ID or s3://bucket/prefix/ "
+        "(service), hf:ORG/NAME[@revision] or builtin:smollm2-135m",
     )
-    calibration: str = Field(
+    calibration: CleanStr = Field(
         min_length=1,
         max_length=1024,
-        description="calibration text: file.txt or file.jsonl (CLI only), s3://bucket/key.txt|"
-        ".jsonl (service), builtin:stdlib-docs, hf:wikitext2 or hf:alpaca",
+        description="calibration text: file.txt or file.jsonl (CLI only), upload:ID or "
+        "s3://bucket/key.txt|.jsonl (service), builtin:stdlib-docs, hf:wikitext2 or hf:alpaca",
     )
     num_blocks: int | None = Field(None, ge=1, description="blocks to remove")
     param_ratio: float | None = Field(
@@ -71,7 +87,7 @@ class JobSpec(BaseModel):
     seq_len: int = Field(64, ge=2, le=131072, description="tokens per calibration sequence")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="shuffles .jsonl rows")
     dtype: Dtype = Field("float32", description="the model's dtype during the search")
-    text_field: str = Field(
+    text_field: CleanStr = Field(
         "text", min_length=1, max_length=128, description="the text key of .jsonl rows"
     )
     batch_size: int | None = Field(

@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     # boto3's tries per request (the first included); when they fail, the job attempt is retried.
     s3_max_attempts: int = Field(6, ge=1)
     presign_ttl_s: int = Field(900, ge=1, le=7 * 24 * 3600)
+    # Read-only prefixes of s3_bucket that every tenant may use as inputs (comma-separated),
+    # e.g. "models/public/,datasets/": the operator's shared base models and texts.
+    s3_shared_prefixes: str = ""
+    upload_max_file_mb: int = Field(64 * 1024, ge=1)  # one uploaded file, at most
+    upload_max_files: int = Field(64, ge=1)  # files of one upload (a model's shards...)
+
+    # ---- the Hugging Face hub as an input ---------------------------------------------------
+    hf_allowed: bool = True  # hf: models and datasets at all
+    # Organisations whose hf: models are allowed (comma-separated); empty: any. With HF_TOKEN
+    # set, every tenant can read what that token can: gated and private repositories too.
+    hf_allowed_orgs: str = ""
     cache_dir: Path = Path.home() / ".cache" / "blockprune" / "worker"
     work_dir: Path = Path(tempfile.gettempdir()) / "blockprune-jobs"
 
@@ -54,9 +65,12 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(10, gt=0)
     queued_requeue_after_s: float = Field(300, gt=0)  # re-send a queued job's lost message
 
-    # ---- webhooks ---------------------------------------------------------------------------
-    webhook_secret: SecretStr = SecretStr("")
-    webhook_timeout_s: float = Field(5, gt=0)
+    # ---- webhooks (each tenant signs with its own secret: `keys create`, POST /v1/webhook-secret)
+    # A global secret is refused, so an old configuration cannot silently keep using one.
+    webhook_secret: SecretStr | None = None
+    webhook_deadline_s: float = Field(10, gt=0)  # one delivery attempt, connect to answer
+    webhook_max_response_bytes: int = Field(4096, ge=64)  # read of the receiver's answer
+    webhook_concurrency: int = Field(4, ge=1)  # deliveries in flight per process
     webhook_max_attempts: int = Field(8, ge=1)
     webhook_backoff_s: float = Field(5, ge=0)  # doubled after each failed attempt
     webhook_allow_private: bool = False  # allow loopback/private targets (tests, closed networks)
@@ -74,8 +88,22 @@ class Settings(BaseSettings):
     def _expand_home(cls, v: Path) -> Path:
         return v.expanduser()
 
+    def shared_prefixes(self) -> list[str]:
+        return [p.strip().lstrip("/") for p in self.s3_shared_prefixes.split(",") if p.strip()]
+
+    def hf_orgs(self) -> list[str]:
+        return [o.strip() for o in self.hf_allowed_orgs.split(",") if o.strip()]
+
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:
+        if self.webhook_secret is not None:
+            raise ValueError(
+                "BLOCKPRUNE_WEBHOOK_SECRET is no longer used: each tenant signs with its own "
+                "secret (blockprune keys create, POST /v1/webhook-secret). Remove it"
+            )
+        for prefix in self.shared_prefixes():
+            if not prefix.endswith("/") or ".." in prefix.split("/"):
+                raise ValueError(f"s3_shared_prefixes: {prefix!r} must end with '/', no '..'")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("heartbeat_s must be shorter than lease_s (renew before it expires)")
         if not self.task_soft_time_limit_s < self.task_time_limit_s:

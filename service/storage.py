@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from contract import UserError
 from service.settings import Settings
 
 MANIFEST_NAME = "manifest.json"
@@ -37,6 +38,20 @@ def s3_client(settings: Settings, *, public: bool = False, quick: bool = False) 
 
 def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
+
+
+def upload_prefix(tenant_id: str, upload_id: str) -> str:
+    """Where a tenant's upload lives in the bucket (with upload_id "": all its uploads)."""
+    return f"uploads/{tenant_id}/{upload_id}/" if upload_id else f"uploads/{tenant_id}/"
+
+
+def parse_s3_uri(uri: str, field: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise UserError(field, f"expected s3://bucket/key, got {uri!r}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise UserError(field, f"no bucket in {uri!r}")
+    return bucket, key
 
 
 def presigned_url(s3: Any, settings: Settings, job_id: str, name: str) -> str:

@@ -40,6 +40,8 @@ class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Signs this tenant's webhooks (HMAC); shown to the tenant once, when made or rotated.
+    webhook_secret: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = _now()
 
 
@@ -51,6 +53,7 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):
@@ -134,4 +137,25 @@ class WebhookDelivery(Base):
             "next_attempt_at",
             postgresql_where="delivered_at IS NULL AND gave_up_at IS NULL",
         ),
+    )
+
+
+class Upload(Base):
+    """Files a tenant put in S3 through presigned URLs, under uploads/<tenant id>/<id>/: a model
+    folder or one calibration file. Jobs name it `upload:<id>`."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # "model" | "calibration"
+    status: Mapped[str] = mapped_column(String(16))  # "pending" | "complete"
+    # [{"name", "size", "multipart_id"?}]: what was announced, checked against S3 on completion
+    files: Mapped[list[Any]]
+    created_at: Mapped[datetime] = _now()
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('model', 'calibration')", name="uploads_kind_valid"),
+        CheckConstraint("status IN ('pending', 'complete')", name="uploads_status_valid"),
+        Index("uploads_tenant", "tenant_id", "created_at"),
     )

@@ -18,27 +18,20 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from contract import ErrorCode, UserError
+from contract.sources import CALIBRATION_SUFFIXES, PICKLE_SUFFIXES, SAFE_SUFFIXES
+from service.storage import parse_s3_uri
 
-SAFE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".jinja")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-CALIBRATION_SUFFIXES = (".txt", ".jsonl")
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 
 
-def parse_s3_uri(uri: str, field: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise UserError(field, f"expected s3://bucket/key, got {uri!r}")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise UserError(field, f"no bucket in {uri!r}")
-    return bucket, key
-
-
-def fetch_model(s3: Any, uri: str, cache_dir: Path) -> Path:
-    """The local directory holding the model under the S3 prefix `uri`."""
+def fetch_model(s3: Any, uri: str, cache_dir: Path, shown_as: str | None = None) -> Path:
+    """The local directory holding the model under the S3 prefix `uri` (which errors call
+    `shown_as`: the name the tenant gave, e.g. upload:<id>). The caller has checked that the
+    tenant may read `uri` (service.inputs)."""
     bucket, prefix = parse_s3_uri(uri, "model")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
+    uri = shown_as or uri  # from here on, only for messages
     objects = _list_files(s3, bucket, prefix, uri)
     names = sorted(objects)
     if not names:
@@ -73,16 +66,17 @@ def fetch_model(s3: Any, uri: str, cache_dir: Path) -> Path:
     return target
 
 
-def fetch_calibration(s3: Any, uri: str, cache_dir: Path) -> Path:
+def fetch_calibration(s3: Any, uri: str, cache_dir: Path, shown_as: str | None = None) -> Path:
     """The local copy of the calibration file `uri` (its suffix kept: it selects the format)."""
     bucket, key = parse_s3_uri(uri, "calibration")
     suffix = Path(key).suffix
+    shown = shown_as or uri
     if suffix not in CALIBRATION_SUFFIXES:
-        raise UserError("calibration", f"{uri}: expected a .txt or .jsonl file")
+        raise UserError("calibration", f"{shown}: expected a .txt or .jsonl file")
     try:
         etag = s3.head_object(Bucket=bucket, Key=key)["ETag"]
     except ClientError as e:
-        raise _s3_error("calibration", uri, e) from e
+        raise _s3_error("calibration", shown, e) from e
     name = hashlib.sha256(f"{bucket}/{key} {etag}".encode()).hexdigest()[:32] + suffix
     target = cache_dir / "calibration" / name
     if target.is_file():

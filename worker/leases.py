@@ -32,6 +32,7 @@ class LeaseLost(Exception):
 @dataclass
 class Lease:
     job_id: str
+    tenant_id: str
     token: str
     owner: str
     lease_s: float
@@ -64,7 +65,7 @@ class Lease:
             transitions.start(s, job, token=token, owner=owner, now=now, lease_s=lease_s)
             spec = JobSpec.model_validate(job.spec)
             state = SearchState.from_json(job.state) if job.state else None
-            return cls(job.id, token, owner, lease_s, job.attempts, spec, state)
+            return cls(job.id, job.tenant_id, token, owner, lease_s, job.attempts, spec, state)
 
     # ---- fenced writes ------------------------------------------------------------------------
     def _locked(self, s: Session) -> Job:

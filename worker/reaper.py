@@ -21,15 +21,21 @@ from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings
 from service.tables import Job
-from worker.webhooks import deliver_due
+from worker.webhooks import WebhookSender, deliver_due
 
 log = logging.getLogger(__name__)
 BATCH = 100
 Enqueue = Callable[[str], None]
 
 
-def reap_once(settings: Settings, enqueue: Enqueue = queue.enqueue) -> list[str]:
-    """One pass; returns the ids of the jobs it enqueued (with `enqueue`)."""
+def reap_once(
+    settings: Settings,
+    enqueue: Enqueue = queue.enqueue,
+    webhooks: WebhookSender | None = None,
+) -> list[str]:
+    """One pass; returns the ids of the jobs it enqueued (with `enqueue`). Due webhooks go to
+    `webhooks`, which sends them in its own threads; without one, they are sent before this
+    returns (`blockprune reaper --once`)."""
     to_enqueue: list[str] = []
     with transaction() as s:
         expired = s.scalars(
@@ -57,7 +63,10 @@ def reap_once(settings: Settings, enqueue: Enqueue = queue.enqueue) -> list[str]
             to_enqueue.append(job.id)
     for job_id in to_enqueue:
         enqueue(job_id)
-    deliver_due(settings)
+    if webhooks is not None:
+        webhooks.submit_due()
+    else:
+        deliver_due(settings)
     return to_enqueue
 
 
@@ -68,11 +77,15 @@ class ReaperThread(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        while not self._stopped.wait(self.settings.reaper_interval_s):
-            try:
-                reap_once(self.settings)
-            except Exception:  # a database or broker blip: try again next round
-                log.exception("reaper pass failed")
+        webhooks = WebhookSender(self.settings)  # a slow receiver holds its threads, not ours
+        try:
+            while not self._stopped.wait(self.settings.reaper_interval_s):
+                try:
+                    reap_once(self.settings, webhooks=webhooks)
+                except Exception:  # a database or broker blip: try again next round
+                    log.exception("reaper pass failed")
+        finally:
+            webhooks.close()
 
     def stop(self) -> None:
         self._stopped.set()

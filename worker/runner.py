@@ -22,6 +22,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
 from core.pipeline import run_prune
 from service import queue
+from service.db import transaction
+from service.inputs import resolve_input
 from service.settings import Settings, get_settings
 from service.storage import s3_client
 from worker.downloads import fetch_calibration, fetch_model
@@ -101,12 +103,17 @@ def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> No
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
     except UserError as e:
-        _fail_unless_lease_lost(lease, e.to_json())
+        log.info("job %s failed: %s", job_id, e)
+        _fail_unless_lease_lost(lease, _for_tenant(e, lease, settings, work).to_json())
     except SoftTimeLimitExceeded:
-        _retry(lease, settings, enqueue, ErrorCode.TIME_LIMIT, "task_soft_time_limit_s reached")
-    except Exception as e:
-        log.exception("job %s failed", job_id)
-        _retry(lease, settings, enqueue, ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+        message = "the attempt ran past the worker's time limit; it resumes from its checkpoint"
+        _retry(lease, settings, enqueue, ErrorCode.TIME_LIMIT, message)
+    except Exception:
+        # The tenant gets a code and a sentence; the exception (which may name internal hosts,
+        # paths or buckets) goes to this worker's log with the job id.
+        log.exception("job %s: attempt %d failed", job_id, lease.attempt)
+        message = "an internal error interrupted the attempt; it is retried while attempts remain"
+        _retry(lease, settings, enqueue, ErrorCode.INTERNAL_ERROR, message)
     finally:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -116,13 +123,20 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     spec = lease.spec
     reporter = Reporter(lease, heartbeat, settings)
     reporter.phase(Phase.LOADING)
+    with transaction() as session:  # again here: the job row may not have come from the API
+        model = resolve_input(session, settings, lease.tenant_id, "model", spec.model)
+        calibration = resolve_input(
+            session, settings, lease.tenant_id, "calibration", spec.calibration
+        )
     s3 = s3_client(settings)
     inputs = settings.cache_dir / "s3"
     model_path = calibration_path = None
-    if spec.model.startswith("s3://"):
-        model_path = str(fetch_model(s3, spec.model, inputs))
-    if spec.calibration.startswith("s3://"):
-        calibration_path = str(fetch_calibration(s3, spec.calibration, inputs))
+    if model.startswith("s3://"):
+        model_path = str(fetch_model(s3, model, inputs, shown_as=spec.model))
+    if calibration.startswith("s3://"):
+        calibration_path = str(
+            fetch_calibration(s3, calibration, inputs, shown_as=spec.calibration)
+        )
     result = run_prune(
         spec,
         work / "export",
@@ -155,6 +169,15 @@ def _device(setting: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _for_tenant(e: UserError, lease: Lease, settings: Settings, work: Path) -> UserError:
+    """The error as the tenant may read it: the worker's own folders (where inputs were
+    downloaded, where the export was written) are not the tenant's business."""
+    message = e.message
+    for folder in (str(settings.cache_dir), str(work)):
+        message = message.replace(folder, "<worker>")
+    return UserError(e.field, message, e.code)
 
 
 def _fail_unless_lease_lost(lease: Lease, error: dict) -> None:

@@ -1,9 +1,18 @@
-"""Sending the signed webhooks of finished jobs from the outbox (service.webhook_outbox), with
-retries and backoff.
+"""Sending the signed webhooks of finished jobs from the outbox (service.webhook_outbox).
 
-Signature (documented in docs/service.md): header
-    BlockPrune-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
-The receiver recomputes it with the shared secret and rejects old timestamps (replays).
+Signature (docs/service.md): header
+    BlockPrune-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(tenant's secret, "<t>.<raw body>")>
+Each tenant has its own secret, so no tenant can sign what another one receives.
+
+A receiver cannot turn a delivery against the service, nor stall it:
+- the host is resolved once, every address must be public (unless webhook_allow_private), and
+  the request goes to the address that was checked, with the name in Host and in TLS (SNI and
+  certificate check): a DNS answer that changes between check and connect cannot redirect it;
+- an attempt has one deadline from connect to the answer's status line, reads at most
+  webhook_max_response_bytes, and follows no redirect;
+- deliveries are claimed in a short transaction, sent with none open, from a bounded pool of
+  threads (never the reaper's own), and their outcome is recorded in another short one;
+- a tenant sees "HTTP 500", "timeout", "refused: ...": never an exception's text.
 """
 
 from __future__ import annotations
@@ -13,23 +22,27 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import socket
+import ssl
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings
-from service.tables import WebhookDelivery
+from service.tables import Job, Tenant, WebhookDelivery
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "BlockPrune-Signature"
 BATCH = 20
+STATUS_LINE = re.compile(rb"^HTTP/1\.[01] ([1-5][0-9][0-9])")
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -49,73 +62,201 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
     return fresh and hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def check_target(url: str, allow_private: bool) -> None:
-    """Refuse URLs that resolve to loopback/private/link-local addresses (SSRF into the
-    service's own network) unless the operator allows them."""
+class DeliveryFailed(Exception):
+    """An attempt failed; `str(self)` is what the tenant may read ("timeout", "HTTP 500"...)."""
+
+
+def check_target(url: str, allow_private: bool) -> str:
+    """The address to connect to for `url`: its host resolved once, refused (ValueError) if any
+    address is loopback, private, link-local or otherwise not public, unless allowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    if allow_private:
-        return
-    for info in socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM):
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise ValueError(f"{parts.hostname} resolves to a non-public address ({address})")
+        raise ValueError("not an http(s) URL")
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError:
+        raise ValueError(f"{parts.hostname} does not resolve") from None
+    addresses = [str(info[4][0]) for info in infos]
+    if not allow_private:
+        for address in addresses:
+            if not ipaddress.ip_address(address).is_global:
+                raise ValueError(f"{parts.hostname} resolves to a non-public address")
+    return addresses[0]
 
 
-def deliver_due(settings: Settings) -> int:
-    """Send every due webhook once; returns how many were attempted. Rows are locked with
-    SKIP LOCKED, so several reapers share the work without sending anything twice."""
+def post_pinned(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> int:
+    """POST `body` to `url` at the address check_target approved; returns the status code."""
+    parts = urlsplit(url)
+    host, https = parts.hostname or "", parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    deadline = time.monotonic() + settings.webhook_deadline_s
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeliveryFailed("timeout")
+        return left
+
+    try:
+        address = check_target(url, settings.webhook_allow_private)
+    except ValueError as e:
+        raise DeliveryFailed(f"refused: {e}") from None
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    name = f"[{host}]" if ":" in host else host
+    lines = [f"POST {path} HTTP/1.1", f"Host: {name}" + ("" if parts.port is None else f":{port}")]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    request = "\r\n".join(lines).encode("latin-1") + body
+    try:
+        with socket.create_connection((address, port), timeout=remaining()) as raw:
+            sock: socket.socket = raw
+            if https:
+                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+            sock.settimeout(remaining())
+            sock.sendall(request)
+            answer = b""
+            while b"\r\n" not in answer and len(answer) < settings.webhook_max_response_bytes:
+                sock.settimeout(remaining())
+                chunk = sock.recv(min(1024, settings.webhook_max_response_bytes - len(answer)))
+                if not chunk:
+                    break
+                answer += chunk
+    except TimeoutError:
+        raise DeliveryFailed("timeout") from None
+    except ssl.SSLError:
+        raise DeliveryFailed("TLS handshake or certificate check failed") from None
+    except OSError:
+        raise DeliveryFailed("connection failed") from None
+    status = STATUS_LINE.match(answer)
+    if status is None:
+        raise DeliveryFailed("the answer was not HTTP")
+    return int(status.group(1))
+
+
+# ---- the outbox ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    job_id: str
+    url: str
+    body: bytes
+    secret: str
+    attempts: int
+
+
+def claim_due(settings: Settings, limit: int) -> list[Claimed]:
+    """Take up to `limit` due deliveries: counted as attempted, and held (not due) until their
+    outcome is recorded, so no other sender takes them meanwhile. SKIP LOCKED: several reapers
+    share the work without sending anything twice."""
+    hold = timedelta(seconds=settings.webhook_deadline_s + 60)
+    claimed = []
     with transaction() as s:
-        due = list(
-            s.scalars(
-                select(WebhookDelivery)
-                .where(
-                    WebhookDelivery.delivered_at.is_(None),
-                    WebhookDelivery.gave_up_at.is_(None),
-                    WebhookDelivery.next_attempt_at <= func.now(),
-                )
-                .order_by(WebhookDelivery.id)
-                .limit(BATCH)
-                .with_for_update(skip_locked=True)
+        rows = s.execute(
+            select(WebhookDelivery, Tenant.webhook_secret)
+            .join(Job, Job.id == WebhookDelivery.job_id)
+            .join(Tenant, Tenant.id == Job.tenant_id)
+            .where(
+                WebhookDelivery.delivered_at.is_(None),
+                WebhookDelivery.gave_up_at.is_(None),
+                WebhookDelivery.next_attempt_at <= func.now(),
             )
-        )
-        for delivery in due:
-            _attempt(s, delivery, settings)
-    return len(due)
+            .order_by(WebhookDelivery.id)
+            .limit(limit)
+            .with_for_update(of=WebhookDelivery, skip_locked=True)
+        ).all()
+        for delivery, secret in rows:
+            delivery.attempts += 1
+            delivery.next_attempt_at = func.now() + hold
+            body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+            claimed.append(
+                Claimed(delivery.id, delivery.job_id, delivery.url, body, secret, delivery.attempts)
+            )
+    return claimed
 
 
-def _attempt(s: Session, delivery: WebhookDelivery, settings: Settings) -> None:
-    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    secret = settings.webhook_secret.get_secret_value()
+def send(claimed: Claimed, settings: Settings) -> None:
+    """One attempt, with no transaction open; then its outcome, in a short one."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "blockprune-webhooks",
-        SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+        SIGNATURE_HEADER: sign(claimed.secret, int(time.time()), claimed.body),
     }
-    delivery.attempts += 1
+    outcome: str | None = None
     try:
-        check_target(delivery.url, settings.webhook_allow_private)
-        response = httpx.post(
-            delivery.url, content=body, headers=headers, timeout=settings.webhook_timeout_s
-        )
-        response.raise_for_status()
-    except (httpx.HTTPError, ValueError, OSError) as e:
-        delivery.last_error = str(e)[:500]
-        if delivery.attempts >= settings.webhook_max_attempts:
-            delivery.gave_up_at = func.now()
+        status = post_pinned(claimed.url, claimed.body, headers, settings)
+        if not 200 <= status < 300:
+            outcome = f"HTTP {status}" + (" (redirects are not followed)" if status < 400 else "")
+    except DeliveryFailed as e:
+        outcome = str(e)
+    except Exception:  # a bug: logged in full, the tenant sees only that it failed
+        log.exception("webhook %s: delivery failed unexpectedly", claimed.id)
+        outcome = "failed"
+    if outcome is not None:
+        log.warning("webhook %s attempt %d failed: %s", claimed.id, claimed.attempts, outcome)
+    _record(claimed, outcome, settings)
+
+
+def _record(claimed: Claimed, outcome: str | None, settings: Settings) -> None:
+    with transaction() as s:
+        delivery = s.get(WebhookDelivery, claimed.id, with_for_update=True)
+        if delivery is None:  # the job (and its outbox rows) were deleted meanwhile
+            return
+        if outcome is None:
+            delivery.delivered_at = func.now()
+            add_event(s, claimed.job_id, "webhook", delivered=True, attempts=claimed.attempts)
+        elif claimed.attempts >= settings.webhook_max_attempts:
+            delivery.last_error, delivery.gave_up_at = outcome, func.now()
             add_event(
                 s,
-                delivery.job_id,
+                claimed.job_id,
                 "webhook",
                 delivered=False,
-                attempts=delivery.attempts,
-                error=delivery.last_error,
+                attempts=claimed.attempts,
+                error=outcome,
             )
         else:
-            delay = settings.webhook_backoff_s * 2 ** (delivery.attempts - 1)
+            delivery.last_error = outcome
+            delay = settings.webhook_backoff_s * 2 ** (claimed.attempts - 1)
             delivery.next_attempt_at = func.now() + timedelta(seconds=delay)
-        log.warning("webhook %s attempt %d failed: %s", delivery.id, delivery.attempts, e)
-        return
-    delivery.delivered_at = func.now()
-    add_event(s, delivery.job_id, "webhook", delivered=True, attempts=delivery.attempts)
+
+
+def deliver_due(settings: Settings) -> int:
+    """Claim the due deliveries and send them now, waiting for every outcome (the reaper's
+    `--once`, tests). Returns how many were attempted."""
+    claimed = claim_due(settings, BATCH)
+    with ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="webhook") as pool:
+        list(pool.map(lambda c: send(c, settings), claimed))
+    return len(claimed)
+
+
+class WebhookSender:
+    """The reaper's sender: it hands over due deliveries and goes on at once; at most
+    2 x webhook_concurrency are claimed and not yet recorded at any time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool = ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="webhook")
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def submit_due(self) -> int:
+        with self._lock:
+            room = 2 * self.settings.webhook_concurrency - self._in_flight
+        if room <= 0:
+            return 0
+        claimed = claim_due(self.settings, min(room, BATCH))
+        for delivery in claimed:
+            with self._lock:
+                self._in_flight += 1
+            self._pool.submit(self._send, delivery)
+        return len(claimed)
+
+    def _send(self, delivery: Claimed) -> None:
+        try:
+            send(delivery, self.settings)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

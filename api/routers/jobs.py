@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from api.deps import SessionDep, SettingsDep, TenantDep
-from api.errors import ERROR_RESPONSES, ApiError, not_found
+from api.errors import ERROR_RESPONSES, ApiError, check_id, not_found
 from api.schemas import (
     ArtifactFile,
     Artifacts,
@@ -18,8 +18,10 @@ from api.schemas import (
     JobList,
     JobView,
 )
-from contract import ErrorCode, JobStatus
+from contract import ErrorCode, JobStatus, UserError
+from contract.spec import check_clean_text
 from service import jobstore, queue, transitions
+from service.inputs import resolve_input
 from service.storage import presigned_url, s3_client
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -36,7 +38,16 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobView:
     """Queue a job. With an `Idempotency-Key`, a retry returns the job the first call made
-    (200); the same key with a different body is a 409."""
+    (200); the same key with a different body is a 409. Its inputs must be the tenant's own
+    uploads, shared prefixes, builtin: or allowed hf: sources (checked again by the worker)."""
+    if idempotency_key is not None:
+        _clean("Idempotency-Key", idempotency_key)
+    try:
+        for field in ("model", "calibration"):
+            resolve_input(session, settings, tenant, field, getattr(body, field))
+    except UserError as e:
+        status_code = 404 if e.code == ErrorCode.NOT_FOUND else 422
+        raise ApiError(status_code, e.code, str(e), field=e.field) from None
     try:
         job, created = jobstore.create_job(
             session,
@@ -64,6 +75,13 @@ def create_job(
     return JobView.of(job)
 
 
+def _clean(field: str, value: str) -> None:
+    try:
+        check_clean_text(value)
+    except ValueError as e:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, f"{field}: {e}", field=field) from None
+
+
 def _enqueue(job_id: str) -> None:
     try:
         queue.enqueue(job_id)
@@ -80,6 +98,13 @@ def list_jobs(
     after: Annotated[str | None, Query(description="last job id of the previous page")] = None,
     status: JobStatus | None = None,
 ) -> JobList:
+    if after is not None:
+        try:
+            check_id(after)
+        except ApiError:
+            raise ApiError(
+                422, ErrorCode.INVALID_REQUEST, "after: must be a job id (a UUID)", "after"
+            ) from None
     if limit > settings.api_page_size_max:
         raise ApiError(
             422, ErrorCode.INVALID_REQUEST, f"at most {settings.api_page_size_max}", "limit"
@@ -97,7 +122,7 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobView)
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
-    job = jobstore.get_job(session, tenant, job_id)
+    job = jobstore.get_job(session, tenant, check_id(job_id))
     if job is None:
         raise not_found(job_id)
     return JobView.of(job)
@@ -107,7 +132,7 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
     """Idempotent. A queued job is cancelled at once; a running one becomes `cancelling` and
     stops at its next checkpoint. A job that already succeeded or failed is a 409."""
-    job = jobstore.get_job(session, tenant, job_id, lock=True)
+    job = jobstore.get_job(session, tenant, check_id(job_id), lock=True)
     if job is None:
         raise not_found(job_id)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
@@ -119,7 +144,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
 
 @router.get("/{job_id}/events", response_model=EventList)
 def job_events(job_id: str, session: SessionDep, tenant: TenantDep) -> EventList:
-    if jobstore.get_job(session, tenant, job_id) is None:
+    if jobstore.get_job(session, tenant, check_id(job_id)) is None:
         raise not_found(job_id)
     events = jobstore.list_events(session, job_id)
     return EventList(
@@ -132,7 +157,7 @@ def job_artifacts(
     job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep
 ) -> Artifacts:
     """The export's files, each with a presigned download URL."""
-    job = jobstore.get_job(session, tenant, job_id)
+    job = jobstore.get_job(session, tenant, check_id(job_id))
     if job is None:
         raise not_found(job_id)
     if job.status != JobStatus.SUCCEEDED or not job.artifacts:

@@ -30,6 +30,8 @@ TEST_ENV = {
     "BLOCKPRUNE_QUEUE": f"blockprune-test-{RUN_ID}",
     "BLOCKPRUNE_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
     "BLOCKPRUNE_S3_BUCKET": BUCKET,
+    # The tiny test model and texts live under these, readable by every tenant.
+    "BLOCKPRUNE_S3_SHARED_PREFIXES": "models/,calibration/",
     "BLOCKPRUNE_CACHE_DIR": str(TMP / "cache"),
     "BLOCKPRUNE_WORK_DIR": str(TMP / "work"),
     # Short timings, so a dead worker's job is picked up in seconds.
@@ -39,7 +41,6 @@ TEST_ENV = {
     "BLOCKPRUNE_PROGRESS_WRITE_S": "0",
     "BLOCKPRUNE_RETRY_DELAY_S": "0.2",
     "BLOCKPRUNE_QUEUED_REQUEUE_AFTER_S": "600",
-    "BLOCKPRUNE_WEBHOOK_SECRET": "test-webhook-secret",
     "BLOCKPRUNE_WEBHOOK_ALLOW_PRIVATE": "true",
     "BLOCKPRUNE_WEBHOOK_BACKOFF_S": "0.2",
     "AWS_ACCESS_KEY_ID": "testing",
@@ -128,7 +129,7 @@ def _new_key(tenant: str) -> str:
     from service.keys import create_key
 
     with transaction() as session:
-        return create_key(session, tenant)
+        return create_key(session, tenant).key
 
 
 @pytest.fixture(scope="session")
@@ -172,11 +173,11 @@ def new_job(database):
     from contract import JobSpec
     from service import jobstore
     from service.db import transaction
-    from service.keys import create_key, tenant_for_key
+    from service.keys import create_key
 
     def make(**fields):
         with transaction() as s:
-            tenant = tenant_for_key(s, create_key(s, "lease-tests"))
+            tenant = create_key(s, "lease-tests").tenant_id
             job, _ = jobstore.create_job(
                 s,
                 tenant_id=tenant,

@@ -61,6 +61,7 @@ def test_job_end_to_end(service, workers, key_a, tiny_llama, tmp_path):
     from worker.webhooks import SIGNATURE_HEADER, verify
 
     workers.ensure()
+    secret = service.post("/v1/webhook-secret", headers=key_a).json()["webhook_secret"]
     hooks = WebhookReceiver()
     body = job_body(tiny_llama, metadata={"team": "search"}, webhook_url=hooks.url)
     created = service.post("/v1/jobs", json=body, headers=key_a)
@@ -111,7 +112,7 @@ def test_job_end_to_end(service, workers, key_a, tiny_llama, tmp_path):
 
     wait_until(lambda: hooks.received, timeout=20, what="the webhook")
     headers, raw = hooks.received[0]
-    assert verify("test-webhook-secret", headers[SIGNATURE_HEADER], raw)
+    assert verify(secret, headers[SIGNATURE_HEADER], raw)
     assert not verify("another-secret", headers[SIGNATURE_HEADER], raw)
     event = json.loads(raw)
     assert event["type"] == "job.succeeded" and event["data"]["id"] == job["id"]

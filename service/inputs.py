@@ -1,0 +1,89 @@
+"""Which inputs a tenant may name: checked when a job is submitted, and again by the worker
+right before it reads anything (a job row could have been written some other way).
+
+A tenant reads only its own uploads (`upload:<id>`, or `s3://<bucket>/uploads/<tenant id>/...`),
+the operator's shared prefixes (`BLOCKPRUNE_S3_SHARED_PREFIXES`), `builtin:` sources, and `hf:`
+sources where the operator allows them. Anything else is refused before anything is listed or
+downloaded, and the refusal repeats nothing but what the tenant itself wrote.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.orm import Session
+
+from contract import ErrorCode, UserError
+from service.settings import Settings
+from service.storage import parse_s3_uri, upload_prefix
+from service.tables import Upload
+
+UPLOAD_REF = re.compile(r"^upload:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+
+
+def resolve_input(
+    session: Session, settings: Settings, tenant_id: str, field: str, source: str
+) -> str:
+    """The source to read for the job's `field` ("model" or "calibration"): an s3:// URI within
+    the tenant's reach, or the builtin:/hf: source itself. A UserError for anything else."""
+    if source.startswith("builtin:"):
+        return source
+    if source.startswith("hf:"):
+        _check_hub(settings, field, source)
+        return source
+    if source.startswith("upload:"):
+        return _resolve_upload(session, settings, tenant_id, field, source)
+    if source.startswith("s3://"):
+        _check_s3(settings, tenant_id, field, source)
+        return source
+    raise _refused(field, "the service reads upload:, s3://, hf: and builtin: sources only")
+
+
+def _resolve_upload(
+    session: Session, settings: Settings, tenant_id: str, field: str, source: str
+) -> str:
+    match = UPLOAD_REF.match(source)
+    upload = session.get(Upload, match.group(1)) if match else None
+    if upload is None or upload.tenant_id != tenant_id:  # another tenant's: "no such upload"
+        raise UserError(field, f"no upload {source.removeprefix('upload:')!r}", ErrorCode.NOT_FOUND)
+    if upload.kind != field:
+        raise UserError(field, f"{source} is a {upload.kind} upload, not a {field}")
+    if upload.status != "complete":
+        message = f"{source} is not complete: POST /v1/uploads/{upload.id}/complete first"
+        raise UserError(field, message, ErrorCode.UPLOAD_INCOMPLETE)
+    prefix = f"s3://{settings.s3_bucket}/{upload_prefix(tenant_id, upload.id)}"
+    return prefix if field == "model" else prefix + upload.files[0]["name"]
+
+
+def _check_s3(settings: Settings, tenant_id: str, field: str, source: str) -> None:
+    bucket, key = parse_s3_uri(source, field)
+    own = upload_prefix(tenant_id, "")  # uploads/<tenant id>/
+    reachable = [own, *settings.shared_prefixes()]
+    segments = key.split("/")
+    if (
+        bucket != settings.s3_bucket
+        or ".." in segments
+        or "" in segments[:-1]  # "a//b": S3 keys are literal, but no two spellings of a place
+        or not any(key.startswith(prefix) for prefix in reachable)
+    ):
+        shared = ", ".join(f"s3://{settings.s3_bucket}/{p}" for p in settings.shared_prefixes())
+        where = f"s3://{settings.s3_bucket}/{own}" + (
+            f" or a shared prefix ({shared})" if shared else ""
+        )
+        raise _refused(
+            field, f"{source} is outside what this tenant may read: use an upload, {where}"
+        )
+
+
+def _check_hub(settings: Settings, field: str, source: str) -> None:
+    if not settings.hf_allowed:
+        raise _refused(field, "hf: sources are turned off by the operator; upload the files")
+    orgs = settings.hf_orgs()
+    if field == "model" and orgs:
+        org = source.removeprefix("hf:").split("/", 1)[0]
+        if org not in orgs:
+            raise _refused(field, f"hf: models come only from {', '.join(orgs)} here")
+
+
+def _refused(field: str, message: str) -> UserError:
+    return UserError(field, message, ErrorCode.INPUT_NOT_ALLOWED)
