@@ -24,6 +24,4 @@ def test_openapi_renders_every_error_code_and_the_contracts_types():
     assert set(components["JobCreate"]["required"]) == {"model", "calibration"}
     # Error responses are documented with the one error shape.
     create_job = schema["paths"]["/v1/jobs"]["post"]["responses"]
-    assert create_job["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "/ErrorBody"
-    )
+    assert create_job["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")

@@ -35,7 +35,7 @@ def readyz(settings: SettingsDep) -> JSONResponse:
 
 
 def _check(probe) -> str:
-    """"ok" or "failed": /readyz needs no key, so what failed and why goes to the log only."""
+    """ "ok" or "failed": /readyz needs no key, so what failed and why goes to the log only."""
     try:
         probe()
     except Exception:  # a readiness probe reports, it does not raise

@@ -25,9 +25,7 @@ def upgrade() -> None:
         "replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')"
     )
     op.alter_column("tenants", "webhook_secret", nullable=False)
-    op.add_column(
-        "api_keys", sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True)
-    )
+    op.add_column("api_keys", sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "uploads",
         sa.Column("id", sa.String(length=36), nullable=False),
