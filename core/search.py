@@ -115,6 +115,40 @@ class ActivationCache:
         self.skip.add(pos)
 
 
+class CandidateScorer:
+    """Scores any candidates on top of a removed set: one iteration's work, or a share of it (a
+    distributed search gives each worker some of the candidates). It keeps the model, the
+    calibration tokens and the activations of the last removed set, so a worker that scores
+    several shares of one iteration runs the full pass once. Each score is reported as it is
+    done. The PPLs are those run_search computes for the same candidates, bit for bit."""
+
+    def __init__(self, bm: BlockModel, input_ids: torch.Tensor, batch_size: int | None) -> None:
+        self.bm, self.input_ids, self.batch_size = bm, input_ids, batch_size
+        self._cache: ActivationCache | None = None
+        self._removed: tuple[Block, ...] | None = None
+        self.removed_ppl: float | None = None  # the PPL of the removed set itself
+
+    def score(
+        self,
+        removed: Sequence[Block],
+        candidates: Sequence[Block],
+        on_score: Callable[[Block, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[Block, float]:
+        if self._cache is None or self._removed != tuple(removed):
+            self._cache = ActivationCache(self.bm, self.input_ids, self.batch_size)
+            self.removed_ppl = self._cache.build(removed)
+            self._removed = tuple(removed)
+        scores: dict[Block, float] = {}
+        for block in candidates:
+            if should_stop is not None and should_stop():
+                break
+            scores[block] = self._cache.score(block)[0]  # the activations after it: not kept
+            if on_score is not None:
+                on_score(block, scores[block])
+        return scores
+
+
 def score_candidates(
     bm: BlockModel,
     input_ids: torch.Tensor,
@@ -122,11 +156,8 @@ def score_candidates(
     candidates: Sequence[Block],
     batch_size: int | None = None,
 ) -> dict[Block, float]:
-    """PPL of each candidate removed on top of `removed`: one iteration's work, or a share of it
-    (a distributed search gives each worker a subset of the candidates)."""
-    cache = ActivationCache(bm, input_ids, batch_size)
-    cache.build(removed)
-    return {b: cache.score(b)[0] for b in candidates}
+    """PPL of each candidate removed on top of `removed` (CandidateScorer, once)."""
+    return CandidateScorer(bm, input_ids, batch_size).score(removed, candidates)
 
 
 def run_search(

@@ -193,3 +193,32 @@ def test_search_config_bounds_are_jobspec_bounds(target):
 
 def removed(state: SearchState) -> list[dict]:
     return [r.model_dump() for r in state.removed]
+
+
+@pytest.mark.parametrize("shares", [1, 2, 3])
+def test_shares_scored_apart_pick_what_the_search_picks(arch, shares):
+    """An iteration's candidates split into shares, each scored by its own CandidateScorer
+    (as workers would) or by one reused across shares, then the lowest PPL with ties to the
+    first in paper order: the same picks and PPLs as run_search, with ==."""
+    from core.search import CandidateScorer
+
+    bm = BlockModel(tiny_model(arch, layers=3, seed=2))
+    ids = tiny_ids(5, 12)
+    expected = run_search(bm, ids, SearchConfig(num_blocks=3, batch_size=2))
+    reused = CandidateScorer(bm, ids, batch_size=2)
+    removed: list[Block] = []
+    picks = []
+    for iteration in range(3):
+        candidates = [b for b in bm.candidates("mix") if b not in removed]
+        scores: dict[Block, float] = {}
+        for n in range(shares):
+            share = candidates[n::shares]
+            scorer = reused if iteration % 2 else CandidateScorer(bm, ids, batch_size=2)
+            reported: list[tuple[Block, float]] = []
+            scores |= scorer.score(removed, share, on_score=lambda b, p: reported.append((b, p)))
+            assert reported == [(b, scores[b]) for b in share]  # each score, as it is done
+        order = {b: k for k, b in enumerate(candidates)}
+        best = min(scores, key=lambda b: (scores[b], order[b]))
+        removed.append(best)
+        picks.append({"block": best.kind, "layer": best.layer, "ppl": scores[best]})
+    assert picks == [r.model_dump() for r in expected.removed]
