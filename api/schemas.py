@@ -37,6 +37,13 @@ class JobOptions(BaseModel):
         default_factory=dict, description="up to 32 string pairs"
     )
     webhook_url: AnyHttpUrl | None = Field(None, description="receives the final state, signed")
+    parallelism: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="shares per search iteration, scored by as many workers at once (default: "
+        "the operator's BLOCKPRUNE_DEFAULT_PARALLELISM); the result is the same for any value",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -98,6 +105,7 @@ class JobView(JobSpec):
     phase: Phase | None
     metadata: dict[str, str]
     webhook_url: str | None
+    parallelism: int
     progress: Progress
     base_ppl: float | None
     removed: list[RemovedBlock]
@@ -125,6 +133,7 @@ class JobView(JobSpec):
             phase=Phase(job.phase) if job.phase else None,
             metadata=job.user_metadata,
             webhook_url=job.webhook_url,
+            parallelism=job.parallelism,
             progress=progress,
             base_ppl=state.base_ppl,
             removed=state.removed,

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from contract import JobSpec, Phase, Progress, SearchState, UserError
 
@@ -25,6 +26,78 @@ class PruneResult:
     state: SearchState
     out_dir: Path | None  # None when the search was stopped before its end
     cancelled: bool = False
+
+
+@dataclass
+class PreparedJob:
+    """A job's model and calibration tokens, loaded: what a search or a share of one needs."""
+
+    loaded: Any  # core.models.LoadedModel
+    bm: Any  # core.blocks.BlockModel
+    calibration: Any  # core.calibration.Calibration (with the spec's source name)
+    input_ids: Any  # torch.Tensor on the job's device
+
+
+def prepare_job(
+    spec: JobSpec,
+    *,
+    device: str = "cpu",
+    cache_dir: str | None = None,
+    model_path: str | None = None,
+    calibration_path: str | None = None,
+    on_phase: Callable[[Phase], None] | None = None,
+) -> PreparedJob:
+    """Load the model and tokenize the calibration text. `model_path`/`calibration_path` are
+    local copies of the spec's model/calibration (a worker downloads s3:// inputs); the spec
+    keeps the original names. `cache_dir` is where converted builtin models are cached."""
+    from core.blocks import BlockModel
+    from core.calibration import load_calibration
+    from core.models import load_model
+    from core.search import SearchConfig
+
+    if device not in DEVICES:
+        raise UserError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    phase = on_phase or (lambda _: None)
+    phase(Phase.LOADING)
+    loaded = load_model(model_path or spec.model, device, spec.dtype, cache_dir)
+    bm = BlockModel(loaded.model)
+    SearchConfig.of(spec).validate(bm)
+    phase(Phase.CALIBRATING)
+    calibration = load_calibration(
+        calibration_path or spec.calibration,
+        loaded.tokenizer,
+        spec.samples,
+        spec.seq_len,
+        spec.seed,
+        text_field=spec.text_field,
+    )
+    calibration.description["source"] = spec.calibration
+    return PreparedJob(loaded, bm, calibration, calibration.input_ids.to(device))
+
+
+def export_job(
+    prepared: PreparedJob, spec: JobSpec, state: SearchState, out_dir: str | Path, **kw: Any
+) -> Path:
+    """Write the pruned model of a finished search (core.export)."""
+    from core.export import export_pruned
+
+    assert state.base_ppl is not None  # a finished search has measured the unpruned model
+    path = export_pruned(
+        prepared.loaded.model,
+        prepared.loaded.tokenizer,
+        [r.model_dump() for r in state.removed],
+        out_dir,
+        base_ppl=state.base_ppl,
+        calibration=prepared.calibration.description,
+        seed=spec.seed,
+        source={
+            **prepared.loaded.description,
+            "model": spec.model,
+            "settings": spec.model_dump(mode="json"),
+        },
+        **kw,
+    )
+    return Path(path)
 
 
 def run_prune(
@@ -42,48 +115,28 @@ def run_prune(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> PruneResult:
-    """Run one pruning job. `model_path`/`calibration_path` are local copies of the spec's
-    model/calibration (a worker downloads s3:// inputs); the spec keeps the original names.
-    `cache_dir` is where converted builtin models are cached; it changes no result."""
-    from core.blocks import BlockModel
-    from core.calibration import load_calibration
-    from core.export import export_pruned
-    from core.models import load_model
+    """Run one pruning job: prepare, search (from `state`, resumed), export."""
     from core.search import SearchConfig, run_search
 
-    if device not in DEVICES:
-        raise UserError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
-    config = SearchConfig.of(spec)
     if state is None:
         state = SearchState.new(spec)
     else:
         state.check_resumable(spec)
         # Same result fields: record them in a state saved before states carried them.
         state = dataclasses.replace(state, spec=spec.result_fields())
-    phase = on_phase or (lambda _: None)
-
-    phase(Phase.LOADING)
-    loaded = load_model(model_path or spec.model, device, spec.dtype, cache_dir)
-    bm = BlockModel(loaded.model)
-    config.validate(bm)
-
-    phase(Phase.CALIBRATING)
-    calibration = load_calibration(
-        calibration_path or spec.calibration,
-        loaded.tokenizer,
-        spec.samples,
-        spec.seq_len,
-        spec.seed,
-        text_field=spec.text_field,
+    prepared = prepare_job(
+        spec,
+        device=device,
+        cache_dir=cache_dir,
+        model_path=model_path,
+        calibration_path=calibration_path,
+        on_phase=on_phase,
     )
-    calibration.description["source"] = spec.calibration
-    input_ids = calibration.input_ids.to(device)
-
-    phase(Phase.SEARCHING)
+    (on_phase or (lambda _: None))(Phase.SEARCHING)
     state = run_search(
-        bm,
-        input_ids,
-        config,
+        prepared.bm,
+        prepared.input_ids,
+        SearchConfig.of(spec),
         state,
         on_iteration=on_iteration,
         on_progress=on_progress,
@@ -91,22 +144,5 @@ def run_prune(
     )
     if not state.done:
         return PruneResult(state, None, cancelled=True)
-
-    phase(Phase.EXPORTING)
-    assert state.base_ppl is not None  # a finished search has measured the unpruned model
-    path = export_pruned(
-        loaded.model,  # type: ignore[arg-type]  # a PreTrainedModel, typed as its nn.Module base
-        loaded.tokenizer,
-        [r.model_dump() for r in state.removed],
-        out_dir,
-        base_ppl=state.base_ppl,
-        calibration=calibration.description,
-        seed=spec.seed,
-        source={
-            **loaded.description,
-            "model": spec.model,
-            "settings": spec.model_dump(mode="json"),
-        },
-        overwrite=overwrite,
-    )
-    return PruneResult(state, Path(path))
+    (on_phase or (lambda _: None))(Phase.EXPORTING)
+    return PruneResult(state, export_job(prepared, spec, state, out_dir, overwrite=overwrite))

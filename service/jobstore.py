@@ -37,6 +37,7 @@ def create_job(
     idempotency_key: str | None,
     request_hash: str,
     max_attempts: int,
+    parallelism: int = 1,
 ) -> tuple[Job, bool]:
     """Insert a queued job; with an idempotency key already used for the same request, return
     that job instead (created=False)."""
@@ -55,6 +56,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         max_attempts=max_attempts,
+        parallelism=parallelism,
         attempts=0,
         cancel_requested=False,
         enqueued_at=func.now(),

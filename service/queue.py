@@ -18,6 +18,7 @@ from celery import Celery
 from service.settings import get_settings
 
 RUN_JOB_TASK = "blockprune.run_job"
+RUN_ITEM_TASK = "blockprune.run_item"  # a work item of a fanned-out job (service.fanout)
 
 
 @lru_cache
@@ -48,4 +49,11 @@ def enqueue(job_id: str, countdown: float | None = None) -> None:
     """Send "run job `job_id`" (after `countdown` seconds)."""
     celery_app().send_task(
         RUN_JOB_TASK, args=[job_id], queue=get_settings().queue, countdown=countdown
+    )
+
+
+def enqueue_item(item_id: int, countdown: float | None = None) -> None:
+    """Send "run work item `item_id`" (a share of a fanned-out search, or its export)."""
+    celery_app().send_task(
+        RUN_ITEM_TASK, args=[item_id], queue=get_settings().queue, countdown=countdown
     )

@@ -57,8 +57,12 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(6 * 3600 + 300, ge=1)
     # Redis redelivers an unacknowledged message after this; it must outlast any task.
     broker_visibility_timeout_s: int = Field(8 * 3600, ge=1)
-    # Testing aid only: seconds a worker sleeps after each committed search iteration.
+    # Shares per search iteration for a job that does not say (service.fanout); as many as
+    # the workers the operator runs lets one job use them all. 1: one worker runs the search.
+    default_parallelism: int = Field(1, ge=1, le=64)
+    # Testing aids only: seconds a worker sleeps after each committed search iteration / score.
     debug_iteration_delay_s: float = Field(0, ge=0)
+    debug_score_delay_s: float = Field(0, ge=0)
 
     # ---- the reaper (runs inside each `blockprune worker`, or alone: `blockprune reaper`) ----
     worker_runs_reaper: bool = True

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -78,6 +79,10 @@ class Job(Base):
     artifacts: Mapped[list[Any] | None]  # the uploaded manifest: [{name, size, sha256}]
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # Shares per search iteration (service.fanout); 1 runs the whole search on one worker.
+    parallelism: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # A fanned-out job's plan: every candidate in paper order and the parameter counts.
+    plan: Mapped[dict[str, Any] | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_token: Mapped[str | None] = mapped_column(String(36))
@@ -159,3 +164,49 @@ class Upload(Base):
         CheckConstraint("status IN ('pending', 'complete')", name="uploads_status_valid"),
         Index("uploads_tenant", "tenant_id", "created_at"),
     )
+
+
+class WorkItem(Base):
+    """A share of one search iteration's candidates (kind "score"), or the export after the last
+    iteration (kind "export"), of a fanned-out job. Leased like jobs: SKIP LOCKED, heartbeat,
+    fenced writes, attempts."""
+
+    __tablename__ = "work_items"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))
+    iteration: Mapped[int] = mapped_column(Integer)
+    share: Mapped[int] = mapped_column(Integer)
+    candidates: Mapped[list[Any]]  # [[block, layer], ...] in paper order
+    status: Mapped[str] = mapped_column(String(12))  # queued, running, done, cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('score', 'export')", name="work_items_kind_valid"),
+        CheckConstraint(
+            "status IN ('queued', 'running', 'done', 'cancelled')", name="work_items_status_valid"
+        ),
+        UniqueConstraint("job_id", "kind", "iteration", "share", name="work_items_once"),
+        Index("work_items_job", "job_id", "iteration"),
+    )
+
+
+class CandidateScore(Base):
+    """One candidate's PPL in one iteration, committed as soon as it is scored."""
+
+    __tablename__ = "candidate_scores"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block: Mapped[str] = mapped_column(String(3), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)  # in paper order: ties go to the lowest
+    ppl: Mapped[float] = mapped_column(Float(precision=53))
+    times_scored: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _now()

@@ -215,7 +215,8 @@ def test_shares_scored_apart_pick_what_the_search_picks(arch, shares):
             share = candidates[n::shares]
             scorer = reused if iteration % 2 else CandidateScorer(bm, ids, batch_size=2)
             reported: list[tuple[Block, float]] = []
-            scores |= scorer.score(removed, share, on_score=lambda b, p: reported.append((b, p)))
+            on_score = lambda b, p, out=reported: out.append((b, p))  # noqa: E731
+            scores |= scorer.score(removed, share, on_score=on_score)
             assert reported == [(b, scores[b]) for b in share]  # each score, as it is done
         order = {b: k for k, b in enumerate(candidates)}
         best = min(scores, key=lambda b: (scores[b], order[b]))

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import JobSpec, JobStatus, Phase, Progress, SearchState
-from service import transitions
+from service import fanout, transitions
 from service.db import transaction
 from service.jobstore import add_event
 from service.tables import Job
@@ -39,6 +39,7 @@ class Lease:
     attempt: int
     spec: JobSpec
     state: SearchState | None  # the last checkpoint, to resume from
+    parallelism: int = 1
     # Seen on the last fenced write: the user asked to cancel (the worker stops at its next check).
     cancel_requested: bool = False
 
@@ -54,6 +55,8 @@ class Lease:
                 return None
             now: datetime = s.execute(select(func.now())).scalar_one()
             if JobStatus(job.status).leased:
+                if job.plan is not None:
+                    return None  # fanned out: its work items carry the leases from here on
                 if job.lease_expires_at is not None and job.lease_expires_at > now:
                     return None  # a live worker holds it
                 if not transitions.end_of_attempt(s, job, "lease_expired"):
@@ -65,7 +68,17 @@ class Lease:
             transitions.start(s, job, token=token, owner=owner, now=now, lease_s=lease_s)
             spec = JobSpec.model_validate(job.spec)
             state = SearchState.from_json(job.state) if job.state else None
-            return cls(job.id, job.tenant_id, token, owner, lease_s, job.attempts, spec, state)
+            return cls(
+                job.id,
+                job.tenant_id,
+                token,
+                owner,
+                lease_s,
+                job.attempts,
+                spec,
+                state,
+                parallelism=job.parallelism,
+            )
 
     # ---- fenced writes ------------------------------------------------------------------------
     def _locked(self, s: Session) -> Job:
@@ -123,6 +136,20 @@ class Lease:
             transitions.finish(
                 s, self._locked(s), JobStatus.CANCELLED, reason="stopped at a checkpoint"
             )
+
+    def start_fanout(self, plan: dict) -> list[int]:
+        """Store the plan and the first iteration's shares; the job's own lease ends here (it
+        stays running: its work items are leased from now on). Returns the items to enqueue."""
+        with transaction() as s:
+            job = self._locked(s)
+            job.plan = plan
+            state = SearchState.from_json(job.state) if job.state else SearchState.new(self.spec)
+            job.state = state.to_json()
+            job.phase = Phase.SEARCHING.value
+            add_event(s, self.job_id, "phase", phase=Phase.SEARCHING.value, shares=job.parallelism)
+            items = fanout.add_iteration_items(s, job, state)
+            job.lease_token = job.lease_owner = job.lease_expires_at = None
+            return [item.id for item in items]
 
     def release(self, reason: str, error: dict) -> bool:
         """Give the job back after a failure that may pass (a crash, a time limit): queued

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from contract import LEASED_STATUSES, JobStatus
 from service import queue, transitions
 from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings
-from service.tables import Job
+from service.tables import Job, WorkItem
 from worker.webhooks import WebhookSender, deliver_due
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ Enqueue = Callable[[str], None]
 def reap_once(
     settings: Settings,
     enqueue: Enqueue = queue.enqueue,
+    enqueue_item: Callable[[int], None] = queue.enqueue_item,
     webhooks: WebhookSender | None = None,
 ) -> list[str]:
     """One pass; returns the ids of the jobs it enqueued (with `enqueue`). Due webhooks go to
@@ -61,13 +63,44 @@ def reap_once(
             add_event(s, job.id, "requeued", reason="queued_too_long")
             transitions.mark_enqueued(job)
             to_enqueue.append(job.id)
+        items = _reap_items(s, waited_since)
     for job_id in to_enqueue:
         enqueue(job_id)
+    for item_id in items:
+        enqueue_item(item_id)
     if webhooks is not None:
         webhooks.submit_due()
     else:
         deliver_due(settings)
     return to_enqueue
+
+
+def _reap_items(s: Session, waited_since) -> list[int]:
+    """Work items of fanned-out jobs, as jobs: an expired lease puts the item back in the queue
+    (its claim counts the attempts), a message that waited too long is sent again."""
+    expired = s.scalars(
+        select(WorkItem)
+        .where(WorkItem.status == "running", WorkItem.lease_expires_at < func.now())
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    resend = []
+    for item in expired:
+        add_event(
+            s, item.job_id, "retry", reason="lease_expired", item=item.id, worker=item.lease_owner
+        )
+        item.status, item.lease_token, item.enqueued_at = "queued", None, func.now()
+        resend.append(item.id)
+    stale = s.scalars(
+        select(WorkItem)
+        .where(WorkItem.status == "queued", WorkItem.enqueued_at < waited_since)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    for item in stale:
+        item.enqueued_at = func.now()
+        resend.append(item.id)
+    return resend
 
 
 class ReaperThread(threading.Thread):

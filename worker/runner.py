@@ -20,13 +20,14 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
-from core.pipeline import run_prune
-from service import queue
-from service.db import transaction
-from service.inputs import resolve_input
+from core.pipeline import PreparedJob, export_job
+from core.search import SearchConfig, run_search
+from service import fanout, queue
+from service.queue import enqueue_item
 from service.settings import Settings, get_settings
 from service.storage import s3_client
-from worker.downloads import fetch_calibration, fetch_model
+from worker import items
+from worker.job_inputs import prepare
 from worker.leases import Lease, LeaseLost
 from worker.uploads import upload_export
 
@@ -99,7 +100,7 @@ def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> No
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.work_dir))
     try:
-        _run(lease, heartbeat, settings, work)
+        _run(lease, heartbeat, settings, work, enqueue)
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
     except UserError as e:
@@ -119,56 +120,58 @@ def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> No
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> None:
+def _run(
+    lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path, enqueue: Callable
+) -> None:
     spec = lease.spec
     reporter = Reporter(lease, heartbeat, settings)
     reporter.phase(Phase.LOADING)
-    with transaction() as session:  # again here: the job row may not have come from the API
-        model = resolve_input(session, settings, lease.tenant_id, "model", spec.model)
-        calibration = resolve_input(
-            session, settings, lease.tenant_id, "calibration", spec.calibration
-        )
-    s3 = s3_client(settings)
-    inputs = settings.cache_dir / "s3"
-    model_path = calibration_path = None
-    if model.startswith("s3://"):
-        model_path = str(fetch_model(s3, model, inputs, shown_as=spec.model))
-    if calibration.startswith("s3://"):
-        calibration_path = str(
-            fetch_calibration(s3, calibration, inputs, shown_as=spec.calibration)
-        )
-    result = run_prune(
-        spec,
-        work / "export",
-        device=_device(settings.device),
-        cache_dir=str(settings.cache_dir),
-        model_path=model_path,
-        calibration_path=calibration_path,
-        state=lease.state,
-        on_phase=reporter.phase,
+    prepared = prepare(spec, lease.tenant_id, settings, on_phase=reporter.phase)
+    if lease.parallelism > 1:
+        _fan_out(lease, prepared, enqueue)
+        return
+    reporter.phase(Phase.SEARCHING)
+    state = run_search(
+        prepared.bm,
+        prepared.input_ids,
+        SearchConfig.of(spec),
+        lease.state or SearchState.new(spec),
         on_iteration=reporter.iteration,
         on_progress=reporter.progress,
         should_stop=reporter.should_stop,
     )
     if heartbeat.lost.is_set():
         raise LeaseLost(lease.job_id)
+    lease.renew()  # a cancel that came during the search wins
+    if not state.done or lease.cancel_requested:
+        lease.cancel()
+        return
+    reporter.phase(Phase.EXPORTING)
+    out = export_job(prepared, spec, state, work / "export")
     lease.renew()  # a cancel that came during the export wins too
-    if result.cancelled or lease.cancel_requested:
+    if lease.cancel_requested:
         lease.cancel()
         return
     reporter.phase(Phase.UPLOADING)
-    assert result.out_dir is not None
-    files = upload_export(s3, settings, result.out_dir, lease.job_id)
-    done = result.state.iteration  # a finished job's progress is whole, whatever its target
-    lease.succeed(result.state, files, Progress(iteration=done, total_iterations=done))
+    files = upload_export(s3_client(settings), settings, out, lease.job_id)
+    done = state.iteration  # a finished job's progress is whole, whatever its target
+    lease.succeed(state, files, Progress(iteration=done, total_iterations=done))
 
 
-def _device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _fan_out(lease: Lease, prepared: PreparedJob, enqueue: Callable) -> None:
+    """Plan the job's search over `parallelism` shares per iteration and hand it to the work
+    items (worker.items); this worker keeps the model loaded for the shares it takes."""
+    bm = prepared.bm
+    candidates = bm.candidates(lease.spec.block_types)
+    plan = fanout.make_plan(
+        [(b.kind, b.layer) for b in candidates],
+        [bm.block_params(b) for b in candidates],
+        bm.total_params(),
+        bm.num_layers,
+    )
+    items.keep_loaded(lease.job_id, prepared, lease.spec)
+    for item_id in lease.start_fanout(plan):
+        enqueue_item(item_id)
 
 
 def _for_tenant(e: UserError, lease: Lease, settings: Settings, work: Path) -> UserError:

@@ -11,8 +11,9 @@ import logging
 from celery import signals
 
 from service.db import reset_engine
-from service.queue import RUN_JOB_TASK, celery_app
+from service.queue import RUN_ITEM_TASK, RUN_JOB_TASK, celery_app
 from service.settings import get_settings
+from worker.items import execute_item
 from worker.reaper import ReaperThread
 from worker.runner import execute_job
 
@@ -23,6 +24,11 @@ app = celery_app()
 @app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> None:
     execute_job(job_id)
+
+
+@app.task(name=RUN_ITEM_TASK)
+def run_item(item_id: int) -> None:
+    execute_item(item_id)
 
 
 _reaper: ReaperThread | None = None

@@ -58,6 +58,7 @@ def create_job(
             idempotency_key=idempotency_key,
             request_hash=body.request_hash(),
             max_attempts=settings.max_attempts,
+            parallelism=body.parallelism or settings.default_parallelism,
         )
     except jobstore.IdempotencyConflict as e:
         raise ApiError(

@@ -131,6 +131,7 @@ class WorkerPool:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir, self.current, self.started = log_dir, None, 0
+        self.others: list[WorkerProcess] = []  # more workers at once (start_many)
         self.cache_dir = Path(os.environ["BLOCKPRUNE_CACHE_DIR"])
 
     def ensure(self, delay_s: float = 0.0) -> WorkerProcess:
@@ -147,7 +148,22 @@ class WorkerPool:
         self.current = WorkerProcess(log_path, delay_s, env)
         return self.current
 
+    def start_many(
+        self, n: int, delay_s: float = 0.0, env: dict[str, str] | None = None
+    ) -> list[WorkerProcess]:
+        """`n` workers at once (they share the queue), each with its own settings copy."""
+        first = self.start(delay_s, {**(env or {}), "BLOCKPRUNE_TEST_WORKER": "0"})
+        for k in range(1, n):
+            self.started += 1
+            log_path = self.log_dir / f"worker-{self.started}.log"
+            extra = {**(env or {}), "BLOCKPRUNE_TEST_WORKER": str(k)}
+            self.others.append(WorkerProcess(log_path, delay_s, extra))
+        return [first, *self.others]
+
     def stop(self) -> None:
+        for other in self.others:
+            other.stop()
+        self.others = []
         if self.current is not None:
             self.current.stop()
             self.current = None

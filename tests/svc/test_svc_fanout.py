@@ -1,0 +1,185 @@
+"""One search over several Celery workers: shares of every iteration, scores as they come,
+the write that closes an iteration, and what a killed worker or a cancel costs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import text
+
+from .helpers import events, job_body, wait_for, wait_until
+from .test_svc_jobs import engine_result
+
+
+def _rows(sql: str, **params) -> list:
+    from service.db import get_engine
+
+    with get_engine().connect() as conn:
+        return conn.execute(text(sql), params).all()
+
+
+def test_parallelism_1_2_3_give_identical_results(service, workers, key_a, tiny_llama, tmp_path):
+    workers.start_many(2)
+    ids = {}
+    for n in (1, 2, 3):
+        body = job_body(tiny_llama, seed=21, num_blocks=3, parallelism=n)
+        created = service.post("/v1/jobs", json=body, headers=key_a)
+        assert created.status_code == 201, created.text
+        ids[n] = created.json()["id"]
+    jobs = {n: wait_for(service, key_a, job_id, timeout=120) for n, job_id in ids.items()}
+    expected = engine_result(tiny_llama, tmp_path, seed=21, num_blocks=3)  # the CLI's engine
+    for n, job in jobs.items():
+        assert job["status"] == "succeeded", (n, job)
+        assert job["parallelism"] == n and job["progress"]["fraction"] == 1.0
+        assert job["removed"] == expected["removed"], n
+        assert job["base_ppl"] == expected["base_ppl"], n
+        iterations = [e["data"]["iteration"] for e in events(service, key_a, ids[n], "iteration")]
+        assert iterations == [1, 2, 3], n  # each iteration closed once
+        artifacts = service.get(f"/v1/jobs/{ids[n]}/artifacts", headers=key_a)
+        assert artifacts.status_code == 200
+    for n in (2, 3):
+        # Every candidate of every iteration scored exactly once, over n shares an iteration.
+        scores = _rows(
+            "SELECT iteration, count(*) AS c, max(times_scored) AS most FROM candidate_scores "
+            "WHERE job_id = :id GROUP BY iteration ORDER BY iteration",
+            id=ids[n],
+        )
+        assert [(r.iteration, r.c, r.most) for r in scores] == [(1, 8, 1), (2, 7, 1), (3, 6, 1)]
+        shares = _rows(
+            "SELECT iteration, count(*) AS c FROM work_items WHERE job_id = :id AND kind = 'score' "
+            "GROUP BY iteration ORDER BY iteration",
+            id=ids[n],
+        )
+        assert [r.c for r in shares] == [n, n, n]
+    # Both workers took shares (their owners are recorded with the scores).
+    owners = _rows("SELECT DISTINCT worker FROM candidate_scores WHERE job_id = :id", id=ids[3])
+    assert len(owners) == 2
+
+
+def test_kill9_mid_iteration_costs_one_candidate_at_most(
+    service, workers, key_a, tiny_llama, tmp_path
+):
+    slow = {"BLOCKPRUNE_DEBUG_SCORE_DELAY_S": "0.4"}
+    _, second = workers.start_many(2, env=slow)
+    body = job_body(tiny_llama, seed=22, num_blocks=2, parallelism=2)
+    job_id = service.post("/v1/jobs", json=body, headers=key_a).json()["id"]
+
+    def scored_by_second() -> bool:
+        rows = _rows("SELECT worker FROM candidate_scores WHERE job_id = :id", id=job_id)
+        return (
+            any(r.worker.endswith(f":{second.proc.pid + 0}") or True for r in rows)
+            and len(rows) >= 2
+        )
+
+    wait_until(scored_by_second, timeout=60, what="scores in iteration 1")
+    second.kill9()
+    job = wait_for(service, key_a, job_id, timeout=120)
+    assert job["status"] == "succeeded", job
+    expected = engine_result(tiny_llama, tmp_path, seed=22, num_blocks=2)
+    assert job["removed"] == expected["removed"] and job["base_ppl"] == expected["base_ppl"]
+    twice = _rows(
+        "SELECT count(*) AS c FROM candidate_scores WHERE job_id = :id AND times_scored > 1",
+        id=job_id,
+    )[0].c
+    assert twice <= 1  # only the candidate in flight when the worker died
+    workers.stop()
+
+
+def test_cancel_stops_every_share(service, workers, key_a, tiny_llama):
+    workers.start_many(2, env={"BLOCKPRUNE_DEBUG_SCORE_DELAY_S": "0.5"})
+    body = job_body(tiny_llama, seed=23, num_blocks=3, parallelism=2)
+    job_id = service.post("/v1/jobs", json=body, headers=key_a).json()["id"]
+    wait_until(
+        lambda: _rows("SELECT 1 FROM candidate_scores WHERE job_id = :id", id=job_id),
+        timeout=60,
+        what="the first score",
+    )
+    assert service.post(f"/v1/jobs/{job_id}/cancel", headers=key_a).json()["status"] == (
+        "cancelling"
+    )
+    job = wait_for(service, key_a, job_id, timeout=30)
+    assert job["status"] == "cancelled" and job["removed"] == []
+    time.sleep(1.5)  # a share that was mid-candidate has stopped and written nothing more
+    open_items = _rows(
+        "SELECT count(*) AS c FROM work_items WHERE job_id = :id AND status IN "
+        "('queued', 'running')",
+        id=job_id,
+    )[0].c
+    assert open_items == 0
+    settled = _rows("SELECT count(*) AS c FROM candidate_scores WHERE job_id = :id", id=job_id)
+    time.sleep(1.0)
+    assert _rows("SELECT count(*) AS c FROM candidate_scores WHERE job_id = :id", id=job_id) == (
+        settled
+    )
+    assert service.get(f"/v1/jobs/{job_id}/artifacts", headers=key_a).status_code == 409
+    workers.stop()
+
+
+def test_two_shares_finishing_together_close_the_iteration_once(new_job):
+    """Both shares' last scores written at the same instant, from two threads: one of the two
+    writes sees the iteration complete and closes it; the next iteration's shares exist once."""
+    from contract import JobSpec, SearchState
+    from service import fanout
+    from service.db import transaction
+    from service.tables import Job, WorkItem
+    from worker.items import ItemLease
+
+    job_id = new_job(max_attempts=3)
+    blocks = [("mha", 0), ("mha", 1), ("mlp", 0), ("mlp", 1)]
+    with transaction() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        job.status, job.parallelism = "running", 2
+        job.spec = {**job.spec, "num_blocks": 2}
+        job.plan = fanout.make_plan(blocks, [10, 10, 20, 20], 100, layers=2)
+        job.state = SearchState.new(JobSpec.model_validate(job.spec)).to_json()
+        items = fanout.add_iteration_items(s, job, SearchState.from_json(job.state))
+        shares = [(item.id, [tuple(c) for c in item.candidates]) for item in items]
+    assert len(shares) == 2
+    leases = [
+        ItemLease.claim(item_id, f"w{k}", lease_s=60) for k, (item_id, _) in enumerate(shares)
+    ]
+    ppl = {("mha", 0): 5.0, ("mha", 1): 3.0, ("mlp", 0): 3.0, ("mlp", 1): 4.0}  # a tie: mha.1 first
+    for lease, (_, candidates) in zip(leases, shares, strict=True):
+        for block in candidates[:-1]:
+            assert lease.record(block, ppl[block], removed_ppl=2.0) == []
+    barrier, closed = threading.Barrier(2), []
+
+    def last(lease, block):
+        barrier.wait()
+        closed.append(lease.record(block, ppl[block], removed_ppl=2.0))
+
+    threads = [
+        threading.Thread(target=last, args=(lease, candidates[-1]))
+        for lease, (_, candidates) in zip(leases, shares, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(c) for c in closed) == [0, 2]  # one write closed, with 2 new shares
+    with transaction() as s:
+        state = SearchState.from_json(s.get(Job, job_id).state)
+        next_items = s.query(WorkItem).filter_by(job_id=job_id, iteration=2).count()
+        iteration_events = s.execute(
+            text("SELECT count(*) FROM job_events WHERE job_id = :id AND kind = 'iteration'"),
+            {"id": job_id},
+        ).scalar_one()
+    assert [(r.block, r.layer, r.ppl) for r in state.removed] == [("mha", 1, 3.0)]
+    assert state.base_ppl == 2.0 and next_items == 2 and iteration_events == 1
+
+
+@pytest.mark.parametrize("shares", [1, 2, 3, 5])
+def test_shares_are_balanced_by_cost(shares):
+    from service import fanout
+
+    layers = 6
+    blocks = [("mha", i) for i in range(layers)] + [("mlp", i) for i in range(layers)]
+    plan = fanout.make_plan(blocks, [1] * len(blocks), len(blocks), layers)
+    split = fanout.split_shares(plan, list(range(len(blocks))), shares)
+    assert sorted(i for s in split for i in s) == list(range(len(blocks)))  # each once
+    costs = [
+        sum(2 * layers - (2 * blocks[i][1] + (blocks[i][0] == "mlp")) for i in s) for s in split
+    ]
+    assert max(costs) - min(costs) <= 2 * layers  # within one candidate's cost of each other

@@ -1,0 +1,257 @@
+"""Running one work item of a fanned-out job: a share of an iteration's candidates, or the
+export after the last iteration (service.fanout plans them and closes iterations).
+
+An item is leased like a job: claimed with SKIP LOCKED, renewed by a heartbeat, every write
+fenced by the lease token. A share skips the candidates already scored (by a worker that died
+mid-share, say), so only the one in flight when a worker dies is scored twice. A worker keeps
+the last job's model and calibration tokens loaded between its shares.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from contract import ErrorCode, JobSpec, JobStatus, SearchState, UserError
+from service import fanout, queue, transitions
+from service.db import transaction
+from service.jobstore import add_event
+from service.settings import Settings, get_settings
+from service.tables import Job, WorkItem
+from worker.job_inputs import prepare
+from worker.leases import LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+class Stop(Exception):
+    """The job was cancelled or ended: this item stops without writing more."""
+
+
+class ItemLease:
+    def __init__(self, item_id: int, token: str, owner: str, lease_s: float) -> None:
+        self.item_id, self.token, self.owner, self.lease_s = item_id, token, owner, lease_s
+
+    @classmethod
+    def claim(cls, item_id: int, owner: str, lease_s: float) -> ItemLease | None:
+        with transaction() as s:
+            item = s.scalar(
+                select(WorkItem).where(WorkItem.id == item_id).with_for_update(skip_locked=True)
+            )
+            if item is None or item.status in ("done", "cancelled"):
+                return None
+            now: datetime = s.execute(select(func.now())).scalar_one()
+            if item.status == "running" and item.lease_expires_at and item.lease_expires_at > now:
+                return None
+            job = s.get(Job, item.job_id, with_for_update=True)
+            assert job is not None
+            if job.cancel_requested or JobStatus(job.status).terminal:
+                if job.cancel_requested:
+                    fanout.cancel(s, job, reason="cancel requested")
+                item.status = "cancelled"
+                return None
+            if item.attempts >= job.max_attempts:
+                error = {
+                    "code": ErrorCode.ATTEMPTS_EXHAUSTED.value,
+                    "message": f"a work item was lost {item.attempts} times (max_attempts)",
+                }
+                transitions.finish(s, job, JobStatus.FAILED, error=error)
+                fanout.close_items(s, job.id)
+                return None
+            token = str(uuid.uuid4())
+            item.status, item.attempts = "running", item.attempts + 1
+            item.lease_token, item.lease_owner = token, owner
+            item.lease_expires_at = now + timedelta(seconds=lease_s)
+            return cls(item.id, token, owner, lease_s)
+
+    def _locked(self, s: Session) -> tuple[Job, WorkItem]:
+        """The job row (locked first: every score write of a job is serialised), then this
+        item, fenced by the lease token."""
+        job_id = s.scalar(select(WorkItem.job_id).where(WorkItem.id == self.item_id))
+        job = s.get(Job, job_id, with_for_update=True)
+        item = s.scalar(
+            select(WorkItem)
+            .where(WorkItem.id == self.item_id, WorkItem.lease_token == self.token)
+            .with_for_update()
+        )
+        if job is None or item is None or item.status != "running":
+            raise LeaseLost(str(self.item_id))
+        if job.cancel_requested:
+            fanout.cancel(s, job, reason="stopped between candidates")
+            raise Stop
+        if JobStatus(job.status).terminal:
+            raise Stop
+        item.lease_expires_at = func.now() + timedelta(seconds=self.lease_s)
+        return job, item
+
+    def renew(self) -> None:
+        with transaction() as s:
+            self._locked(s)
+
+    def record(self, block: tuple[str, int], ppl: float, removed_ppl: float) -> list[int]:
+        """Commit a score; the ids of the items to enqueue when it closed the iteration."""
+        with transaction() as s:
+            job, item = self._locked(s)
+            new = fanout.record_score(s, job, item, block, ppl, removed_ppl, self.owner)
+            return [n.id for n in new]
+
+    def done(self) -> None:
+        with transaction() as s:
+            _, item = self._locked(s)
+            item.status, item.lease_token, item.finished_at = "done", None, func.now()
+
+    def succeed(self, artifacts: list[dict]) -> None:
+        with transaction() as s:
+            job, item = self._locked(s)
+            job.artifacts = artifacts
+            add_event(s, job.id, "uploaded", files=len(artifacts))
+            transitions.finish(s, job, JobStatus.SUCCEEDED)
+            item.status, item.lease_token, item.finished_at = "done", None, func.now()
+
+    def fail(self, error: dict) -> None:
+        with transaction() as s:
+            job, _ = self._locked(s)
+            transitions.finish(s, job, JobStatus.FAILED, error=error)
+            fanout.close_items(s, job.id)
+
+    def release(self) -> None:
+        """Back to the queue after a failure that may pass; the caller enqueues it again."""
+        with transaction() as s:
+            _, item = self._locked(s)
+            item.status, item.lease_token, item.enqueued_at = "queued", None, func.now()
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, lease: ItemLease, interval_s: float) -> None:
+        super().__init__(name=f"item-heartbeat-{lease.item_id}", daemon=True)
+        self.lease, self.interval_s = lease, interval_s
+        self.stop_reason: str | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.lease.renew()
+            except (LeaseLost, Stop) as e:
+                self.stop_reason = type(e).__name__
+                return
+            except Exception:  # a database blip; the lease outlives a few missed beats
+                log.exception("heartbeat of work item %s failed", self.lease.item_id)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+_loaded: dict[str, object] = {}  # job id -> (PreparedJob, CandidateScorer): the last job only
+
+
+def execute_item(item_id: int, enqueue: Callable[..., None] = queue.enqueue_item) -> None:
+    settings = get_settings()
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    lease = ItemLease.claim(item_id, owner, settings.lease_s)
+    if lease is None:
+        return
+    heartbeat = _Heartbeat(lease, settings.heartbeat_s)
+    heartbeat.start()
+    try:
+        _run(lease, heartbeat, settings, enqueue)
+    except (LeaseLost, Stop):
+        log.info("work item %s stopped: lease lost or job ended", item_id)
+    except UserError as e:
+        log.info("work item %s: job failed: %s", item_id, e)
+        try:
+            lease.fail(e.to_json())
+        except (LeaseLost, Stop):
+            pass
+    except Exception:
+        log.exception("work item %s failed", item_id)
+        try:
+            lease.release()
+            enqueue(item_id, countdown=settings.retry_delay_s)
+        except (LeaseLost, Stop):
+            pass
+    finally:
+        heartbeat.stop()
+
+
+def _run(lease: ItemLease, heartbeat: _Heartbeat, settings: Settings, enqueue) -> None:
+    from core.blocks import Block
+
+    with transaction() as s:
+        item = s.get(WorkItem, lease.item_id)
+        job = s.get(Job, item.job_id) if item else None
+        assert item is not None and job is not None
+        spec, tenant_id, job_id = JobSpec.model_validate(job.spec), job.tenant_id, job.id
+        state = SearchState.from_json(job.state)
+        kind, iteration, candidates = item.kind, item.iteration, [tuple(c) for c in item.candidates]
+        done_already = fanout.scored(s, job_id, iteration)
+    prepared, scorer = _load(job_id, spec, tenant_id, settings, prepare)
+    if kind == "export":
+        _export(lease, job_id, spec, state, prepared, settings)
+        return
+    removed = [Block(r.block, r.layer) for r in state.removed]
+    todo = [Block(b, layer) for b, layer in candidates if (b, layer) not in done_already]
+    to_enqueue: list[int] = []
+
+    def on_score(block: Block, ppl: float) -> None:
+        to_enqueue.extend(lease.record((block.kind, block.layer), ppl, scorer.removed_ppl))
+        _pause(settings, heartbeat)
+
+    scorer.score(removed, todo, on_score=on_score, should_stop=lambda: heartbeat.stop_reason)
+    if heartbeat.stop_reason:
+        raise Stop
+    lease.done()
+    for new in to_enqueue:  # committed: the closing transaction is behind us
+        enqueue(new)
+
+
+def keep_loaded(job_id: str, prepared, spec: JobSpec):
+    """Keep this job's model and tokens for this worker's shares (one job's at a time)."""
+    from core.search import CandidateScorer
+
+    _loaded.clear()
+    _loaded[job_id] = (prepared, CandidateScorer(prepared.bm, prepared.input_ids, spec.batch_size))
+    return _loaded[job_id]
+
+
+def _load(job_id, spec, tenant_id, settings, prepare):
+    if job_id not in _loaded:
+        return keep_loaded(job_id, prepare(spec, tenant_id, settings), spec)
+    return _loaded[job_id]
+
+
+def _export(lease: ItemLease, job_id: str, spec, state, prepared, settings: Settings) -> None:
+    from core.pipeline import export_job
+    from service.storage import s3_client
+    from worker.uploads import upload_export
+
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.work_dir))
+    try:
+        out = export_job(prepared, spec, state, work / "export")
+        lease.renew()
+        files = upload_export(s3_client(settings), settings, out, job_id)
+        lease.succeed(files)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pause(settings: Settings, heartbeat: _Heartbeat) -> None:
+    """Testing aid: BLOCKPRUNE_DEBUG_SCORE_DELAY_S after each committed score."""
+    if settings.debug_score_delay_s:
+        import time
+
+        deadline = time.monotonic() + settings.debug_score_delay_s
+        while time.monotonic() < deadline and not heartbeat.stop_reason:
+            time.sleep(0.02)

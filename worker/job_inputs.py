@@ -1,0 +1,52 @@
+"""A job's inputs on a worker: checked against the tenant's reach, fetched from S3 when they
+live there, and loaded (the model and the calibration tokens on this worker's device)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from contract import JobSpec, Phase
+from core.pipeline import PreparedJob, prepare_job
+from service.db import transaction
+from service.inputs import resolve_input
+from service.settings import Settings
+from service.storage import s3_client
+from worker.downloads import fetch_calibration, fetch_model
+
+
+def prepare(
+    spec: JobSpec,
+    tenant_id: str,
+    settings: Settings,
+    on_phase: Callable[[Phase], None] | None = None,
+) -> PreparedJob:
+    """The job's inputs checked (again: the job row may not have come from the API), fetched
+    and loaded: the model and the calibration tokens on this worker's device."""
+    with transaction() as session:
+        model = resolve_input(session, settings, tenant_id, "model", spec.model)
+        calibration = resolve_input(session, settings, tenant_id, "calibration", spec.calibration)
+    s3 = s3_client(settings)
+    inputs = settings.cache_dir / "s3"
+    model_path = calibration_path = None
+    if model.startswith("s3://"):
+        model_path = str(fetch_model(s3, model, inputs, shown_as=spec.model))
+    if calibration.startswith("s3://"):
+        calibration_path = str(
+            fetch_calibration(s3, calibration, inputs, shown_as=spec.calibration)
+        )
+    return prepare_job(
+        spec,
+        device=_device(settings.device),
+        cache_dir=str(settings.cache_dir),
+        model_path=model_path,
+        calibration_path=calibration_path,
+        on_phase=on_phase,
+    )
+
+
+def _device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
