@@ -202,18 +202,18 @@ def _run(lease: ItemLease, heartbeat: _Heartbeat, settings: Settings, enqueue) -
         return
     removed = [Block(r.block, r.layer) for r in state.removed]
     todo = [Block(b, layer) for b, layer in candidates if (b, layer) not in done_already]
-    to_enqueue: list[int] = []
 
     def on_score(block: Block, ppl: float) -> None:
-        to_enqueue.extend(lease.record((block.kind, block.layer), ppl, scorer.removed_ppl))
+        for new in lease.record((block.kind, block.layer), ppl, scorer.removed_ppl):
+            enqueue(new)  # the write that closed the iteration has committed
         _pause(settings, heartbeat)
 
-    scorer.score(removed, todo, on_score=on_score, should_stop=lambda: heartbeat.stop_reason)
+    scorer.score(
+        removed, todo, on_score=on_score, should_stop=lambda: heartbeat.stop_reason is not None
+    )
     if heartbeat.stop_reason:
         raise Stop
     lease.done()
-    for new in to_enqueue:  # committed: the closing transaction is behind us
-        enqueue(new)
 
 
 def keep_loaded(job_id: str, prepared, spec: JobSpec):
