@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from contract import ErrorCode, JobSpec, JobStatus, SearchState, UserError
+from contract import ErrorCode, JobSpec, JobStatus, Phase, SearchState, UserError
 from service import fanout, queue, transitions
 from service.db import transaction
 from service.jobstore import add_event
@@ -110,6 +110,12 @@ class ItemLease:
         with transaction() as s:
             _, item = self._locked(s)
             item.status, item.lease_token, item.finished_at = "done", None, func.now()
+
+    def set_phase(self, phase: Phase) -> None:
+        with transaction() as s:
+            job, _ = self._locked(s)
+            job.phase = phase.value
+            add_event(s, job.id, "phase", phase=phase.value)
 
     def succeed(self, artifacts: list[dict]) -> None:
         with transaction() as s:
@@ -239,8 +245,9 @@ def _export(lease: ItemLease, job_id: str, spec, state, prepared, settings: Sett
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.work_dir))
     try:
+        lease.set_phase(Phase.EXPORTING)
         out = export_job(prepared, spec, state, work / "export")
-        lease.renew()
+        lease.set_phase(Phase.UPLOADING)
         files = upload_export(s3_client(settings), settings, out, job_id)
         lease.succeed(files)
     finally:

@@ -37,6 +37,8 @@ def test_parallelism_1_2_3_give_identical_results(service, workers, key_a, tiny_
         assert job["base_ppl"] == expected["base_ppl"], n
         iterations = [e["data"]["iteration"] for e in events(service, key_a, ids[n], "iteration")]
         assert iterations == [1, 2, 3], n  # each iteration closed once
+        phases = [e["data"]["phase"] for e in events(service, key_a, ids[n], "phase")]
+        assert phases == ["loading", "calibrating", "searching", "exporting", "uploading"], n
         artifacts = service.get(f"/v1/jobs/{ids[n]}/artifacts", headers=key_a)
         assert artifacts.status_code == 200
     for n in (2, 3):
