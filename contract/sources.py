@@ -27,3 +27,14 @@ def check_builtin_calibration(source: str) -> str:
     if source.startswith("hf:") and source not in HUB_CALIBRATION:
         raise ValueError(f"unknown hub dataset {source!r}; known: {', '.join(HUB_CALIBRATION)}")
     return source
+
+
+def pickle_refusal(names: list[str]) -> str | None:
+    """Why files named `names` are refused as weights, if any is a pickle (None if none is)."""
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if not pickles:
+        return None
+    return (
+        f"pickle weights ({', '.join(pickles)}) can run arbitrary code and are never loaded; "
+        "convert them to .safetensors on a trusted machine"
+    )

@@ -208,16 +208,11 @@ def cancel(session: Session, job: Job, reason: str) -> None:
     """Stop every share: the job ends cancelled, its open items with it."""
     if not JobStatus(job.status).terminal:
         transitions.finish(session, job, JobStatus.CANCELLED, reason=reason)
-    for item in session.scalars(
-        select(WorkItem).where(
-            WorkItem.job_id == job.id, WorkItem.status.in_(["queued", "running"])
-        )
-    ):
-        item.status, item.lease_token, item.finished_at = "cancelled", None, func.now()
+    close_items(session, job.id)
 
 
 def close_items(session: Session, job_id: str) -> None:
-    """The job ended some other way (failed): no item of it runs on."""
+    """The job ended (cancelled, failed): no item of it runs on."""
     for item in session.scalars(
         select(WorkItem).where(
             WorkItem.job_id == job_id, WorkItem.status.in_(["queued", "running"])

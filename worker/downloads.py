@@ -18,7 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from contract import ErrorCode, UserError
-from contract.sources import CALIBRATION_SUFFIXES, PICKLE_SUFFIXES, SAFE_SUFFIXES
+from contract.sources import CALIBRATION_SUFFIXES, SAFE_SUFFIXES, pickle_refusal
 from service.storage import parse_s3_uri
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
@@ -37,14 +37,10 @@ def fetch_model(s3: Any, uri: str, cache_dir: Path, shown_as: str | None = None)
     if not names:
         raise UserError("model", f"no objects under {uri}", code=ErrorCode.S3_OBJECT_NOT_FOUND)
     if not any(n.endswith(".safetensors") for n in names):
-        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-        if pickles:
-            raise UserError(
-                "model",
-                f"{uri} holds only pickle weights ({', '.join(pickles)}); they can run arbitrary "
-                "code and are never loaded. Convert them to .safetensors on a trusted machine",
-                code=ErrorCode.UNSAFE_WEIGHTS,
-            )
+        refusal = pickle_refusal(names)
+        if refusal is not None:
+            message = f"{uri} has no *.safetensors weights, and {refusal}"
+            raise UserError("model", message, code=ErrorCode.UNSAFE_WEIGHTS)
         raise UserError(
             "model", f"no *.safetensors weights under {uri}", code=ErrorCode.MISSING_WEIGHTS
         )

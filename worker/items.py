@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -24,13 +23,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import ErrorCode, JobSpec, JobStatus, Phase, SearchState, UserError
+from core.pipeline import PreparedJob
+from core.search import CandidateScorer
 from service import fanout, queue, transitions
 from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
 from worker.job_inputs import prepare
-from worker.leases import LeaseLost
+from worker.leases import Heartbeat, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +139,8 @@ class ItemLease:
             item.status, item.lease_token, item.enqueued_at = "queued", None, func.now()
 
 
-class _Heartbeat(threading.Thread):
-    def __init__(self, lease: ItemLease, interval_s: float) -> None:
-        super().__init__(name=f"item-heartbeat-{lease.item_id}", daemon=True)
-        self.lease, self.interval_s = lease, interval_s
-        self.stop_reason: str | None = None
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
-            try:
-                self.lease.renew()
-            except (LeaseLost, Stop) as e:
-                self.stop_reason = type(e).__name__
-                return
-            except Exception:  # a database blip; the lease outlives a few missed beats
-                log.exception("heartbeat of work item %s failed", self.lease.item_id)
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-
-_loaded: dict[str, object] = {}  # job id -> (PreparedJob, CandidateScorer): the last job only
+# job id -> its model, tokens and scorer: the last job only, kept between its shares
+_loaded: dict[str, tuple[PreparedJob, CandidateScorer]] = {}
 
 
 def execute_item(item_id: int, enqueue: Callable[..., None] = queue.enqueue_item) -> None:
@@ -168,7 +149,9 @@ def execute_item(item_id: int, enqueue: Callable[..., None] = queue.enqueue_item
     lease = ItemLease.claim(item_id, owner, settings.lease_s)
     if lease is None:
         return
-    heartbeat = _Heartbeat(lease, settings.heartbeat_s)
+    heartbeat = Heartbeat(
+        lease.renew, f"work item {item_id}", settings.heartbeat_s, stop_on=(LeaseLost, Stop)
+    )
     heartbeat.start()
     try:
         _run(lease, heartbeat, settings, enqueue)
@@ -191,7 +174,7 @@ def execute_item(item_id: int, enqueue: Callable[..., None] = queue.enqueue_item
         heartbeat.stop()
 
 
-def _run(lease: ItemLease, heartbeat: _Heartbeat, settings: Settings, enqueue) -> None:
+def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings, enqueue) -> None:
     from core.blocks import Block
 
     with transaction() as s:
@@ -202,7 +185,9 @@ def _run(lease: ItemLease, heartbeat: _Heartbeat, settings: Settings, enqueue) -
         state = SearchState.from_json(job.state)
         kind, iteration, candidates = item.kind, item.iteration, [tuple(c) for c in item.candidates]
         done_already = fanout.scored(s, job_id, iteration)
-    prepared, scorer = _load(job_id, spec, tenant_id, settings, prepare)
+    prepared, scorer = _loaded.get(job_id) or keep_loaded(
+        job_id, prepare(spec, tenant_id, settings), spec
+    )
     if kind == "export":
         _export(lease, job_id, spec, state, prepared, settings)
         return
@@ -210,30 +195,23 @@ def _run(lease: ItemLease, heartbeat: _Heartbeat, settings: Settings, enqueue) -
     todo = [Block(b, layer) for b, layer in candidates if (b, layer) not in done_already]
 
     def on_score(block: Block, ppl: float) -> None:
+        assert scorer.removed_ppl is not None  # the scorer's full pass comes before any score
         for new in lease.record((block.kind, block.layer), ppl, scorer.removed_ppl):
             enqueue(new)  # the write that closed the iteration has committed
         _pause(settings, heartbeat)
 
-    scorer.score(
-        removed, todo, on_score=on_score, should_stop=lambda: heartbeat.stop_reason is not None
-    )
-    if heartbeat.stop_reason:
+    scorer.score(removed, todo, on_score=on_score, should_stop=heartbeat.lost.is_set)
+    if heartbeat.lost.is_set():
         raise Stop
     lease.done()
 
 
-def keep_loaded(job_id: str, prepared, spec: JobSpec):
+def keep_loaded(
+    job_id: str, prepared: PreparedJob, spec: JobSpec
+) -> tuple[PreparedJob, CandidateScorer]:
     """Keep this job's model and tokens for this worker's shares (one job's at a time)."""
-    from core.search import CandidateScorer
-
     _loaded.clear()
     _loaded[job_id] = (prepared, CandidateScorer(prepared.bm, prepared.input_ids, spec.batch_size))
-    return _loaded[job_id]
-
-
-def _load(job_id, spec, tenant_id, settings, prepare):
-    if job_id not in _loaded:
-        return keep_loaded(job_id, prepare(spec, tenant_id, settings), spec)
     return _loaded[job_id]
 
 
@@ -254,11 +232,11 @@ def _export(lease: ItemLease, job_id: str, spec, state, prepared, settings: Sett
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _pause(settings: Settings, heartbeat: _Heartbeat) -> None:
+def _pause(settings: Settings, heartbeat: Heartbeat) -> None:
     """Testing aid: BLOCKPRUNE_DEBUG_SCORE_DELAY_S after each committed score."""
     if settings.debug_score_delay_s:
         import time
 
         deadline = time.monotonic() + settings.debug_score_delay_s
-        while time.monotonic() < deadline and not heartbeat.stop_reason:
+        while time.monotonic() < deadline and not heartbeat.lost.is_set():
             time.sleep(0.02)

@@ -10,7 +10,10 @@ by service.transitions.
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +26,8 @@ from service import fanout, transitions
 from service.db import transaction
 from service.jobstore import add_event
 from service.tables import Job
+
+log = logging.getLogger(__name__)
 
 
 class LeaseLost(Exception):
@@ -157,3 +162,34 @@ class Lease:
         Returns whether it was re-queued (the caller then enqueues it)."""
         with transaction() as s:
             return transitions.end_of_attempt(s, self._locked(s), reason, error)
+
+
+class Heartbeat(threading.Thread):
+    """Renews a lease (a job's or a work item's) in the background until stopped. `lost` is set
+    when a renewal says the holder must stop: the lease was taken over (LeaseLost), or whatever
+    else `stop_on` names. A renewal also reads the job's cancel flag into the lease."""
+
+    def __init__(
+        self,
+        renew: Callable[[], None],
+        name: str,
+        interval_s: float,
+        stop_on: tuple[type[BaseException], ...] = (LeaseLost,),
+    ) -> None:
+        super().__init__(name=f"heartbeat {name}", daemon=True)
+        self.renew, self.what, self.interval_s, self.stop_on = renew, name, interval_s, stop_on
+        self.lost = threading.Event()
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.renew()
+            except self.stop_on:
+                self.lost.set()
+                return
+            except Exception:  # a database blip; the lease outlives a few missed beats
+                log.exception("heartbeat of %s failed", self.what)
+
+    def stop(self) -> None:
+        self._stopped.set()

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,34 +27,10 @@ from service.settings import Settings, get_settings
 from service.storage import s3_client
 from worker import items
 from worker.job_inputs import prepare
-from worker.leases import Lease, LeaseLost
+from worker.leases import Heartbeat, Lease, LeaseLost
 from worker.uploads import upload_export
 
 log = logging.getLogger(__name__)
-
-
-class Heartbeat(threading.Thread):
-    """Renews the lease in the background; notices a lost lease (and, through the renewal, a
-    cancel request: `lease.cancel_requested`)."""
-
-    def __init__(self, lease: Lease, interval_s: float) -> None:
-        super().__init__(name=f"heartbeat-{lease.job_id}", daemon=True)
-        self.lease, self.interval_s = lease, interval_s
-        self.lost = threading.Event()
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
-            try:
-                self.lease.renew()
-            except LeaseLost:
-                self.lost.set()
-                return
-            except Exception:  # a database blip; the lease outlives a few missed beats
-                log.exception("heartbeat for job %s failed", self.lease.job_id)
-
-    def stop(self) -> None:
-        self._stopped.set()
 
 
 class Reporter:
@@ -95,7 +70,7 @@ def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> No
     if lease is None:
         log.info("job %s: nothing to do (finished, held by another worker, or cancelled)", job_id)
         return
-    heartbeat = Heartbeat(lease, settings.heartbeat_s)
+    heartbeat = Heartbeat(lease.renew, f"job {job_id}", settings.heartbeat_s)
     heartbeat.start()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.work_dir))

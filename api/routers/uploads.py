@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import ERROR_RESPONSES, ApiError, check_id, not_found
 from contract import ErrorCode
-from contract.sources import CALIBRATION_SUFFIXES, PICKLE_SUFFIXES, SAFE_SUFFIXES
+from contract.sources import CALIBRATION_SUFFIXES, SAFE_SUFFIXES, pickle_refusal
 from service.settings import Settings
 from service.storage import s3_client, upload_prefix
 from service.tables import Upload
@@ -175,13 +175,9 @@ def _check_files(body: UploadCreate, settings: Settings) -> None:
         if len(names) != 1 or not names[0].endswith(CALIBRATION_SUFFIXES):
             raise _invalid("files", "a calibration upload is one .txt or .jsonl file")
         return
-    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-    if pickles:
-        raise _invalid(
-            "files",
-            f"pickle weights ({', '.join(pickles)}) can run arbitrary code and are never loaded; "
-            "convert them to .safetensors",
-        )
+    refusal = pickle_refusal(names)
+    if refusal is not None:
+        raise _invalid("files", refusal)
     other = [n for n in names if not n.endswith(SAFE_SUFFIXES)]
     if other:
         raise _invalid("files", f"not a model file the service reads: {', '.join(other)}")

@@ -7,36 +7,11 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from sqlalchemy import text
-from svc.helpers import free_port
-
-
-class Receiver:
-    """Records what arrives at http://127.0.0.1:<port>/hook."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict, bytes]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((dict(self.headers), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", free_port()), Handler)
-        self.port = self.server.server_port
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
+from svc.test_svc_jobs import WebhookReceiver
+from svc.test_svc_reaper import delivery_row
 
 
 class DripReceiver:
@@ -93,15 +68,6 @@ def _finished_job(key_headers, service, webhook_url: str) -> str:
     return job_id
 
 
-def _delivery(job_id: str):
-    from service.db import get_engine
-
-    with get_engine().connect() as conn:
-        return conn.execute(
-            text("SELECT * FROM webhook_deliveries WHERE job_id = :id"), {"id": job_id}
-        ).one()
-
-
 def test_a_tenant_cannot_sign_for_another(quiet, service, key_a, key_b):
     """B points its own job's webhook at A's receiver: A's check with A's secret rejects it."""
     from service.settings import get_settings
@@ -110,14 +76,14 @@ def test_a_tenant_cannot_sign_for_another(quiet, service, key_a, key_b):
     secret_a = service.post("/v1/webhook-secret", headers=key_a).json()["webhook_secret"]
     secret_b = service.post("/v1/webhook-secret", headers=key_b).json()["webhook_secret"]
     assert secret_a != secret_b
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     try:
         url = f"http://127.0.0.1:{receiver.port}/hook"
         _finished_job(key_a, service, url)
         _finished_job(key_b, service, url)
         deliver_due(get_settings())
     finally:
-        receiver.close()
+        receiver.server.shutdown()
     assert len(receiver.received) == 2
     by_tenant = {}
     for headers, raw in receiver.received:
@@ -135,7 +101,7 @@ def test_a_rebinding_name_cannot_reach_a_private_address(quiet, service, key_a, 
     from service.settings import get_settings
     from worker import webhooks
 
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     answers = iter(["8.8.8.8"] + ["127.0.0.1"] * 100)
     real = socket.getaddrinfo
 
@@ -152,9 +118,9 @@ def test_a_rebinding_name_cannot_reach_a_private_address(quiet, service, key_a, 
         job_id = _finished_job(key_a, service, f"http://hooks.rebind.test:{receiver.port}/hook")
         webhooks.deliver_due(strict)
     finally:
-        receiver.close()
+        receiver.server.shutdown()
     assert receiver.received == []
-    row = _delivery(job_id)
+    row = delivery_row(job_id)
     assert row.attempts == 1 and row.last_error in ("timeout", "connection failed")
     # And a name whose answers mix public and private addresses is refused outright.
     mixed = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 80)) for a in ("8.8.8.8", "10.0.0.5")]
@@ -209,14 +175,14 @@ def test_a_slow_drip_receiver_stalls_neither_the_reaper_nor_the_database(quiet, 
                 {"id": slow_job},
             )
         deadline = time.monotonic() + 10
-        while _delivery(slow_job).last_error is None and time.monotonic() < deadline:
+        while delivery_row(slow_job).last_error is None and time.monotonic() < deadline:
             time.sleep(0.1)
         while not drip.closed_after and time.monotonic() < deadline:
             time.sleep(0.1)  # the drip notices the hang-up at its next byte or two
     finally:
         sender.close()
         drip.close()
-    row = _delivery(slow_job)
+    row = delivery_row(slow_job)
     assert row.last_error == "timeout" and row.attempts == 1 and row.delivered_at is None
     # Hung up at the 2 s deadline (the drip notices within a byte or two), not hours later.
     assert drip.closed_after and drip.closed_after[0] < settings.webhook_deadline_s + 2.0

@@ -57,7 +57,7 @@ def _finished_job_with_webhook(new_job, url: str) -> str:
     return job_id
 
 
-def _delivery(job_id: str):
+def delivery_row(job_id: str):
     from service.db import get_engine
 
     with get_engine().connect() as conn:
@@ -93,14 +93,14 @@ def test_webhook_is_retried_with_backoff_until_delivered(quiet, new_job):
     try:
         job_id = _finished_job_with_webhook(new_job, receiver.url)
         assert deliver_due(settings) >= 1 and receiver.calls == 1
-        first = _delivery(job_id)
+        first = delivery_row(job_id)
         assert first.attempts == 1 and first.delivered_at is None and "500" in first.last_error
         deliver_due(settings)  # not due yet: the backoff holds it back
         assert receiver.calls == 1
-        _deliver_until(settings, lambda: _delivery(job_id).delivered_at is not None)
+        _deliver_until(settings, lambda: delivery_row(job_id).delivered_at is not None)
     finally:
         receiver.close()
-    row = _delivery(job_id)
+    row = delivery_row(job_id)
     assert receiver.calls == 3 and row.attempts == 3 and row.gave_up_at is None
     assert _webhook_events(job_id) == [{"delivered": True, "attempts": 3}]
 
@@ -115,12 +115,12 @@ def test_webhook_gives_up_after_max_attempts(quiet, new_job):
     receiver = FailingReceiver(failures=1000)
     try:
         job_id = _finished_job_with_webhook(new_job, receiver.url)
-        _deliver_until(settings, lambda: _delivery(job_id).gave_up_at is not None)
+        _deliver_until(settings, lambda: delivery_row(job_id).gave_up_at is not None)
         time.sleep(0.3)
         deliver_due(settings)  # given up: never tried again
     finally:
         receiver.close()
-    row = _delivery(job_id)
+    row = delivery_row(job_id)
     assert receiver.calls == 3 and row.attempts == 3 and row.delivered_at is None
     [event] = _webhook_events(job_id)
     assert event["delivered"] is False and event["attempts"] == 3 and "500" in event["error"]
