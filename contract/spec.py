@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -55,7 +56,7 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 }
 # Fields that change a search's length or its speed, never which block each step picks: a
 # saved state stays valid when they change (a finished search can be extended).
-RESULT_NEUTRAL = frozenset({"num_blocks", "param_ratio", "batch_size"})
+RESULT_NEUTRAL = frozenset({"num_blocks", "param_ratio", "batch_size", "cache_budget"})
 TARGET_FIELDS = ("num_blocks", "param_ratio")  # give exactly one
 
 
@@ -95,6 +96,12 @@ class JobSpec(BaseModel):
         ge=1,
         description="sequences per forward chunk (default: all at once); "
         "changes speed and memory, never the result",
+    )
+    cache_budget: ByteSize | None = Field(
+        None,
+        description="memory for the search's activation cache, e.g. 8GiB, 512MiB or 0 "
+        "(recompute from the embeddings); default: what fits beside the model. Changes speed "
+        "and memory, never the result",
     )
 
     _known_builtin_model = field_validator("model")(check_builtin_model)

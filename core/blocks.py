@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract import BLOCK_KINDS, BLOCK_TYPES, ErrorCode, UserError
+from contract.memory import LOGITS_CHUNK_BYTES
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-# Cap on one lm_head output chunk, so 16 x 2048 tokens x 150k vocab never sits in memory at once.
-LOGITS_CHUNK_BYTES = 256 * 2**20
 
 
 class Block(NamedTuple):
@@ -77,6 +76,9 @@ class BlockModel:
         self.layers: Any = hf.model.layers
         self.num_layers = len(self.layers)
         self.num_positions = 2 * self.num_layers
+        # Where each position's layer lives: a model may be spread over several devices, and a
+        # hidden state moves to the next layer's device as it goes (accelerate-style placement).
+        self._devices = [_device_of(self.layers[p // 2]) for p in range(self.num_positions)]
         self._masks: dict[tuple, torch.Tensor] = {}
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -107,6 +109,21 @@ class BlockModel:
 
     def total_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())  # tied weights count once
+
+    @property
+    def device(self) -> torch.device:
+        """Where the embeddings are: the first device of the model."""
+        return self.model.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.embed_tokens.weight.dtype
+
+    def device_at(self, position: int) -> torch.device:
+        """The device of the layer of `position` (2L: the final norm's)."""
+        if position == self.num_positions:
+            return _device_of(self.model.model.norm)
+        return self._devices[position]
 
     # ---- forward pieces ---------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -144,6 +161,7 @@ class BlockModel:
     def run_block(self, position: int, h: torch.Tensor) -> torch.Tensor:
         block = self.block_at(position)
         norm, branch = self.block_modules(block)
+        h = h.to(self._devices[position])  # a no-op unless the model spans devices
         if block.kind == "mlp":
             return h + branch(norm(h))
         out = branch(
@@ -173,7 +191,8 @@ class BlockModel:
 
     @torch.inference_mode()
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.model.model.norm(h))
+        h = self.model.model.norm(h.to(self.device_at(self.num_positions)))
+        return self.model.lm_head(h.to(_device_of(self.model.lm_head)))
 
     @torch.inference_mode()
     def sequence_nll(self, h: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -186,7 +205,7 @@ class BlockModel:
             # The last position predicts nothing: leave it out before the (costly) lm_head, and
             # keep logits contiguous as [tokens, vocab] so cross_entropy needs no transpose copy.
             logits = self.logits(h[s : s + step, :-1]).float()
-            targets = input_ids[s : s + step, 1:]
+            targets = input_ids[s : s + step, 1:].to(logits.device)
             nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
             out.append(nll.view(targets.shape).mean(dim=1))
         return torch.cat(out)
@@ -198,3 +217,7 @@ class BlockModel:
         """Logits of the model with `removed` blocks taken out (the in-memory pruned model)."""
         skip = [self.position(b) for b in removed]
         return self.logits(self.run(self.embed(input_ids), 0, skip))
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device

@@ -11,6 +11,8 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from pydantic import ByteSize
+
 from contract import EMBEDDED_DEFAULTS, JobSpec, Phase, Progress, SearchState, UserError
 from contract.spec import TARGET_FIELDS
 from core.pipeline import DEVICES
@@ -69,6 +71,8 @@ def _value_type(annotation: Any) -> tuple[type, tuple[Any, ...] | None]:
     its values' type with the values as choices)."""
     if get_origin(annotation) in (Union, types.UnionType):
         (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    if annotation is ByteSize:  # "8GiB": pydantic parses the text
+        return str, None
     if get_origin(annotation) is Literal:
         choices = get_args(annotation)
         return type(choices[0]), choices

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from core.blocks import Block, BlockModel
-from core.search import ppl_from_nlls
+from core.activations import ppl_from_nlls
 
 
 def full_pass_ppl(

@@ -1,0 +1,144 @@
+"""The activation cache of one iteration: the inputs of the current pruned model's block
+positions on the calibration batch, kept within a memory budget.
+
+The layout (contract.memory.cache_layout) keeps every position when memory allows, else every
+k-th one, first on the model's device and then, for a model on a GPU, in pinned CPU memory.
+`score` restarts a candidate from the nearest kept position at or before it, recomputes the
+blocks up to it, skips it and runs the rest. Every block sees exactly the tensors of a full pass
+(same chunks, same ops), so any budget gives bit-identical PPLs; only the work changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from contract import UserError
+from contract.memory import CacheLayout, cache_layout
+from core.blocks import Block, BlockModel
+
+# The activations after a candidate, per kept position: to adopt if the candidate wins.
+After = dict[int, list[torch.Tensor]]
+
+
+def ppl_from_nlls(nlls: torch.Tensor) -> float:
+    """The paper's PPL: exp of the mean over sequences of each sequence's mean token NLL."""
+    return math.exp(nlls.double().mean().item())
+
+
+class ActivationCache:
+    """`acts[p][c]` is the input of kept position p for sequence chunk c."""
+
+    def __init__(
+        self,
+        bm: BlockModel,
+        input_ids: torch.Tensor,
+        batch_size: int | None,
+        budget: int | None = None,
+        host_budget: int = 0,
+    ) -> None:
+        self.bm = bm
+        step = batch_size or len(input_ids)
+        self.chunks = [input_ids[s : s + step] for s in range(0, len(input_ids), step)]
+        self.budget = budget
+        self.host_budget = host_budget  # the CLI and worker give one only for a GPU model
+        position_bytes = input_ids.numel() * bm.config.hidden_size * bm.dtype.itemsize
+        self.layout: CacheLayout = cache_layout(
+            bm.num_positions, position_bytes, budget, self.host_budget
+        )
+        self.acts: dict[int, list[torch.Tensor]] = {}
+        self.skip: set[int] = set()
+        self.held = (0, 0)  # (device, host) bytes of activations held outside the cache
+        self.work = 0  # block evaluations, for benchmarks
+
+    # ---- storing and fetching -----------------------------------------------------------------
+    def _store(self, position: int, h: torch.Tensor) -> torch.Tensor:
+        if position in self.layout.on_device:
+            return h
+        host = torch.empty(h.shape, dtype=h.dtype, pin_memory=h.device.type == "cuda")
+        return host.copy_(h)
+
+    def _start(self, position: int, c: int) -> tuple[int, torch.Tensor]:
+        """The input of the kept position a candidate at `position` restarts from, on device."""
+        start = self.layout.start(position)
+        if start == 0:
+            return 0, self.bm.embed(self.chunks[c])
+        return start, self.acts[start][c].to(self.bm.device_at(start), non_blocking=True)
+
+    def _run(
+        self, h: torch.Tensor, start: int, stop: int, skip: set[int], record: After | None
+    ) -> torch.Tensor:
+        """Positions start..stop-1 on `h`, recording the inputs of kept positions in `record`."""
+        for pos in range(start, stop):
+            if pos not in skip:
+                h = self.bm.run_block(pos, h)
+                self.work += 1
+            if record is not None and pos + 1 in record:
+                record[pos + 1].append(self._store(pos + 1, h))
+        return h
+
+    # ---- the iteration's operations -----------------------------------------------------------
+    @torch.inference_mode()
+    def build(self, removed: Sequence[Block]) -> float:
+        """Full pass of the model with `removed` taken out; returns its PPL."""
+        self.skip = {self.bm.position(b) for b in removed}
+        self.acts = {p: [] for p in self.layout.kept}
+        nlls = []
+        for ids in self.chunks:
+            h = self._run(self.bm.embed(ids), 0, self.bm.num_positions, self.skip, self.acts)
+            nlls.append(self.bm.sequence_nll(h, ids))
+        return ppl_from_nlls(torch.cat(nlls))
+
+    def after_bytes(self, block: Block) -> tuple[int, int]:
+        """(device, host) bytes of the activations `score(block, keep=True)` returns."""
+        pos = self.bm.position(block)
+        later = [p for p in self.layout.kept if p > pos]
+        device = sum(p in self.layout.on_device for p in later) * self.layout.position_bytes
+        return device, len(later) * self.layout.position_bytes - device
+
+    def can_hold(self, block: Block, also: tuple[int, int] = (0, 0)) -> bool:
+        """Whether the activations after `block` fit beside the cache and `also` (held)."""
+        if self.budget is None:
+            return True
+        device, host = self.layout.bytes()
+        more = self.after_bytes(block)
+        return (
+            device + also[0] + more[0] <= self.budget
+            and host + also[1] + more[1] <= self.host_budget
+        )
+
+    @torch.inference_mode()
+    def score(self, block: Block, keep: bool = True) -> tuple[float, After | None]:
+        """PPL with `block` also removed; with `keep`, the activations after it too."""
+        pos = self.bm.position(block)
+        if pos in self.skip:
+            raise UserError("candidates", f"block {block} is already removed")
+        after: After | None = {p: [] for p in self.layout.kept if p > pos} if keep else None
+        skip = self.skip | {pos}
+        nlls = []
+        for c, ids in enumerate(self.chunks):
+            start, h = self._start(pos, c)
+            h = self._run(h, start, self.bm.num_positions, skip, after)
+            nlls.append(self.bm.sequence_nll(h, ids))
+        return ppl_from_nlls(torch.cat(nlls)), after
+
+    @torch.inference_mode()
+    def rerun(self, block: Block) -> After:
+        """The activations after `block` again (its scoring pass did not keep them), up to the
+        last kept position only: the logits are not needed."""
+        pos = self.bm.position(block)
+        after: After = {p: [] for p in self.layout.kept if p > pos}
+        if not after:
+            return after
+        stop = max(after)
+        for c in range(len(self.chunks)):
+            start, h = self._start(pos, c)
+            self._run(h, start, stop, self.skip | {pos}, after)
+        return after
+
+    def adopt(self, block: Block, after: After) -> None:
+        """Make the cache that of the model with `block` also removed, from its pass."""
+        self.acts.update(after)
+        self.skip.add(self.bm.position(block))
