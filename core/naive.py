@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from core.blocks import Block, BlockModel
 from core.activations import ppl_from_nlls
+from core.blocks import Block, BlockModel
 
 
 def full_pass_ppl(
