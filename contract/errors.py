@@ -31,6 +31,7 @@ class ErrorCode(str, Enum):
     BAD_CACHE = "bad_cache"
     UNSAFE_WEIGHTS = "unsafe_weights"
     UNSUPPORTED_ARCHITECTURE = "unsupported_architecture"
+    DOES_NOT_FIT = "does_not_fit"
     MISSING_DEPENDENCY = "missing_dependency"
     HUB_UNREACHABLE = "hub_unreachable"
     S3_OBJECT_NOT_FOUND = "s3_object_not_found"
@@ -66,6 +67,8 @@ _DESCRIPTIONS = {
     ErrorCode.BAD_CACHE: "something that is not a converted model is in the cache's way",
     ErrorCode.UNSAFE_WEIGHTS: "the model has only pickle weights, which are never loaded",
     ErrorCode.UNSUPPORTED_ARCHITECTURE: "the model is not a Llama, Mistral, Qwen2 or Qwen3 decoder",
+    ErrorCode.DOES_NOT_FIT: "the model, its activation cache and working tensors need more "
+    "memory than the devices have (the message gives the sums)",
     ErrorCode.MISSING_DEPENDENCY: "an optional extra is needed (the message says which)",
     ErrorCode.HUB_UNREACHABLE: "an hf: source was asked for and the hub cannot be reached",
     ErrorCode.S3_OBJECT_NOT_FOUND: "an s3:// input does not exist",

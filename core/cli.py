@@ -14,19 +14,20 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import ByteSize
 
 from contract import EMBEDDED_DEFAULTS, JobSpec, Phase, Progress, SearchState, UserError
+from contract.memory import DEVICE_HELP
 from contract.spec import TARGET_FIELDS
-from core.pipeline import DEVICES
 
 # `blockprune ppl` measures a model the way a job's search does: it takes these of a job's
 # fields (and the calibration field as --data).
 PPL_SPEC_FIELDS = ("model", "samples", "seq_len", "seed", "dtype")
+PLAN_SPEC_FIELDS = ("model", "samples", "seq_len", "dtype", "batch_size", "cache_budget")
 
 
 def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model with BlockPruner's greedy search")
     add_spec_options(p, list(JobSpec.model_fields))
     p.add_argument("--output", help="export directory (default pruned/<model>-<N>blocks)")
-    p.add_argument("--device", choices=DEVICES, default=DEVICES[0], help="where to run")
+    p.add_argument("--device", default="cpu", help=f"where to run: {DEVICE_HELP}")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's saved state")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     p.set_defaults(func=cmd_prune)
@@ -34,8 +35,14 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("ppl", help="perplexity of a model (also an exported pruned DIR)")
     add_spec_options(q, PPL_SPEC_FIELDS)
     add_spec_option(q, "calibration", flag="--data")
-    q.add_argument("--device", choices=DEVICES, default=DEVICES[0], help="where to run")
+    q.add_argument("--device", default="cpu", help=f"where to run: {DEVICE_HELP}")
     q.set_defaults(func=cmd_ppl)
+
+    r = sub.add_parser("plan", help="memory and time of a search, at several cache budgets")
+    add_spec_options(r, PLAN_SPEC_FIELDS)
+    r.add_argument("--device", default="cpu", help=f"where it would run: {DEVICE_HELP}")
+    r.add_argument("--tflops", type=float, help="the device's throughput (default: measured here)")
+    r.set_defaults(func=cmd_plan)
 
 
 # ---- options derived from JobSpec ---------------------------------------------------------
@@ -168,6 +175,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         state=state,
         overwrite=args.overwrite,
         on_phase=on_phase,
+        on_plan=bar.write,
         on_progress=on_progress,
         on_iteration=on_iteration,
     )
@@ -208,6 +216,16 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(f"ppl {ppl:.4f}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from core.planner import print_plan
+
+    _quiet_transformers()
+    values = {name: getattr(args, name) for name in PLAN_SPEC_FIELDS}
+    spec = JobSpec.parse({**EMBEDDED_DEFAULTS, **values})
+    print_plan(spec, args.device, args.tflops)
     return 0
 
 

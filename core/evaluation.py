@@ -22,4 +22,5 @@ def perplexity(
 
     loaded = load_model(model_spec, device, dtype)
     calibration = load_calibration(data, loaded.tokenizer, samples, seq_len, seed)
-    return full_pass_ppl(BlockModel(loaded.model), calibration.input_ids.to(device), [])
+    bm = BlockModel(loaded.model)
+    return full_pass_ppl(bm, calibration.input_ids.to(bm.device), [])

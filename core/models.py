@@ -31,6 +31,7 @@ from contract import DTYPES as DTYPE_NAMES
 from contract import ErrorCode, UserError
 from contract.sources import BUILTIN_MODELS
 from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
+from core.devices import device_map, parse_devices, place
 
 FIELD = "model"
 # The torch dtype of each of the contract's dtype names (the names are listed there only once).
@@ -60,37 +61,46 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BLOCKPRUNE_CACHE") or Path.home() / ".cache" / "blockprune")
 
 
-def load_model(
-    spec: str, device: str = "cpu", dtype: str = "float32", cache_dir: str | None = None
-) -> LoadedModel:
-    """Load `spec` (local dir, builtin:NAME or hf:ORG/NAME[@rev]) on `device` in `dtype`.
-
-    `cache_dir` is the root of blockprune's cache (builtin conversions live in
-    ``<cache_dir>/models/<name>``); hub downloads use the standard Hugging Face cache."""
-    torch_device = _check_device(device)
-    if dtype not in DTYPES:
-        raise UserError("dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+def resolve_model_dir(spec: str, cache_dir: str | None = None) -> tuple[str, Path]:
+    """(name, local directory) of `spec`, converting or downloading it if needed; no weights are
+    loaded (the planner reads the directory's config.json first)."""
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name not in BUILTIN_MODELS:
             raise UserError(FIELD, f"unknown builtin model {spec!r}; known: {BUILTIN_MODELS}")
         root = Path(cache_dir) if cache_dir else default_cache_dir()
-        path = _smollm2_safetensors_dir(root / "models" / name)
-    elif spec.startswith("hf:"):
+        return name, _smollm2_safetensors_dir(root / "models" / name)
+    if spec.startswith("hf:"):
         name = spec.removeprefix("hf:")
-        path = _hub_snapshot(name)
-    else:
-        name = spec
-        path = Path(spec)
-        if not path.is_dir():
-            raise UserError(
-                FIELD,
-                f"{spec!r} is not a directory, builtin:NAME ({', '.join(BUILTIN_MODELS)}) "
-                "or hf:ORG/NAME[@revision]",
-                code=ErrorCode.NOT_FOUND,
-            )
-    model, tokenizer = _load_safetensors_dir(path, spec, DTYPES[dtype])
-    model.to(torch_device)
+        return name, _hub_snapshot(name)
+    if not Path(spec).is_dir():
+        raise UserError(
+            FIELD,
+            f"{spec!r} is not a directory, builtin:NAME ({', '.join(BUILTIN_MODELS)}) "
+            "or hf:ORG/NAME[@revision]",
+            code=ErrorCode.NOT_FOUND,
+        )
+    return spec, Path(spec)
+
+
+def load_model(
+    spec: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    cache_dir: str | None = None,
+    resolved: tuple[str, Path] | None = None,
+) -> LoadedModel:
+    """Load `spec` (local dir, builtin:NAME or hf:ORG/NAME[@rev]) on `device` (one, a list the
+    layers are spread over, or auto: core.devices) in `dtype`.
+
+    `cache_dir` is the root of blockprune's cache (builtin conversions live in
+    ``<cache_dir>/models/<name>``); hub downloads use the standard Hugging Face cache.
+    `resolved` is resolve_model_dir's answer where the caller already has it."""
+    devices = parse_devices(device)
+    if dtype not in DTYPES:
+        raise UserError("dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    name, path = resolved or resolve_model_dir(spec, cache_dir)
+    model, tokenizer = _load_safetensors_dir(path, spec, DTYPES[dtype], devices)
     description = {
         "spec": spec,
         "name": name,
@@ -98,22 +108,14 @@ def load_model(
         "num_layers": len(model.model.layers),
         "params": sum(p.numel() for p in model.parameters()),
         "dtype": dtype,
-        "device": device,
+        "device": ",".join(str(d) for d in devices),
     }
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, description=description)
 
 
-def _check_device(device: str) -> torch.device:
-    if device == "cpu":
-        return torch.device("cpu")
-    if device != "cuda" and not re.fullmatch(r"cuda:\d+", device):
-        raise UserError("device", f"must be cpu or cuda, got {device!r}")
-    if not torch.cuda.is_available():
-        raise UserError("device", f"{device} requested but no CUDA device is available")
-    return torch.device(device)
-
-
-def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_safetensors_dir(
+    path: Path, spec: str, dtype: torch.dtype, devices: list[torch.device]
+) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (path / "config.json").is_file():
@@ -133,7 +135,7 @@ def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[An
     if _read_model_type(path) == "blockprune":  # one of our exports: no remote code needed
         from core.export import load_pruned
 
-        model = load_pruned(path, dtype=dtype).eval()
+        model = load_pruned(path, dtype=dtype).eval().to(devices[0])  # exports: one device
         return model, _load_tokenizer(path, spec, config=model.config)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
@@ -144,9 +146,17 @@ def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[An
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         # Refuse before reading gigabytes of weights; check_architecture owns the message.
         check_architecture(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    # Weights go straight from the file to their device (transformers builds the model on the
+    # meta device first), so a model spread over GPUs never sits whole in CPU memory. A list that
+    # mixes GPUs and the CPU loads on the CPU and then moves each GPU part (core.devices.place):
+    # accelerate would treat CPU entries as offloaded weights, run on the GPU.
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    dmap = device_map(config.num_hidden_layers, devices, tied, _free_memory(devices))
+    mixed = len({d.type for d in devices}) > 1
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
+            device_map={"": "cpu"} if mixed else dmap,
             dtype=dtype,
             attn_implementation="sdpa",
             trust_remote_code=False,
@@ -157,7 +167,16 @@ def _load_safetensors_dir(path: Path, spec: str, dtype: torch.dtype) -> tuple[An
             FIELD, f"{spec}: could not load weights ({e})", ErrorCode.LOAD_FAILED
         ) from None
     check_architecture(model)
+    if mixed:
+        place(model, dmap)
     return model.eval(), _load_tokenizer(path, spec)
+
+
+def _free_memory(devices: list[torch.device]) -> list[float] | None:
+    """Each device's free memory, to size its share of the layers (None: an even split)."""
+    if len(devices) == 1 or not all(d.type == "cuda" for d in devices):
+        return None
+    return [float(torch.cuda.mem_get_info(d)[0]) for d in devices]
 
 
 def _read_model_type(path: Path) -> str | None:

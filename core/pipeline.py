@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract import JobSpec, Phase, Progress, SearchState, UserError
+from contract import JobSpec, Phase, Progress, SearchState
 
-# Where a job runs is the machine's choice, not the job's, so it is no JobSpec field.
-DEVICES = ("cpu", "cuda")
-# The engine (torch) is imported by run_prune only: `blockprune --help` and a worker's start
-# need DEVICES and the signature, not torch.
+# The engine (torch) is imported inside the functions: `blockprune --help` and a worker's start
+# need the signatures, not torch.
 
 
 @dataclass
@@ -35,7 +33,24 @@ class PreparedJob:
     loaded: Any  # core.models.LoadedModel
     bm: Any  # core.blocks.BlockModel
     calibration: Any  # core.calibration.Calibration (with the spec's source name)
-    input_ids: Any  # torch.Tensor on the job's device
+    input_ids: Any  # torch.Tensor on the job's (first) device
+    plan: Any = None  # contract.memory.MemoryPlan: the memory the planner expects
+    cache_budget: int | None = None  # the budgets the planner chose for this machine
+    host_budget: int = 0
+
+    def search_config(self, spec: JobSpec) -> Any:
+        """The spec's core.search.SearchConfig with this machine's budgets."""
+        from core.search import SearchConfig
+
+        return SearchConfig.of(spec, self.cache_budget, self.host_budget)
+
+    def scorer(self, spec: JobSpec) -> Any:
+        """A core.search.CandidateScorer for shares of this job's iterations."""
+        from core.search import CandidateScorer
+
+        return CandidateScorer(
+            self.bm, self.input_ids, spec.batch_size, self.cache_budget, self.host_budget
+        )
 
 
 def prepare_job(
@@ -46,22 +61,31 @@ def prepare_job(
     model_path: str | None = None,
     calibration_path: str | None = None,
     on_phase: Callable[[Phase], None] | None = None,
+    machine_budget: int | None = None,
+    on_plan: Callable[[str], None] | None = None,
 ) -> PreparedJob:
-    """Load the model and tokenize the calibration text. `model_path`/`calibration_path` are
-    local copies of the spec's model/calibration (a worker downloads s3:// inputs); the spec
-    keeps the original names. `cache_dir` is where converted builtin models are cached."""
+    """Check that the search fits (core.planner, before any weight is read), load the model and
+    tokenize the calibration text. `model_path`/`calibration_path` are local copies of the
+    spec's model/calibration (a worker downloads s3:// inputs); the spec keeps the original
+    names. `cache_dir` is where converted builtin models are cached; `machine_budget` caps the
+    activation cache where the spec does not set one. `on_plan` gets the plan in one line."""
     from core.blocks import BlockModel
     from core.calibration import load_calibration
-    from core.models import load_model
-    from core.search import SearchConfig
+    from core.devices import parse_devices
+    from core.models import load_model, resolve_model_dir
+    from core.planner import capacity, choose_budget, read_shape
 
-    if device not in DEVICES:
-        raise UserError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
     phase = on_phase or (lambda _: None)
     phase(Phase.LOADING)
-    loaded = load_model(model_path or spec.model, device, spec.dtype, cache_dir)
+    devices = parse_devices(device)
+    resolved = resolve_model_dir(model_path or spec.model, cache_dir)
+    shape = read_shape(resolved[1])
+    cap = capacity(devices)
+    budget, host_budget, plan = choose_budget(shape, spec, cap, machine_budget)
+    if on_plan is not None:
+        on_plan(plan.describe(cap.free, cap.device))
+    loaded = load_model(model_path or spec.model, device, spec.dtype, resolved=resolved)
     bm = BlockModel(loaded.model)
-    SearchConfig.of(spec).validate(bm)
     phase(Phase.CALIBRATING)
     calibration = load_calibration(
         calibration_path or spec.calibration,
@@ -72,7 +96,10 @@ def prepare_job(
         text_field=spec.text_field,
     )
     calibration.description["source"] = spec.calibration
-    return PreparedJob(loaded, bm, calibration, calibration.input_ids.to(device))
+    input_ids = calibration.input_ids.to(bm.device)
+    prepared = PreparedJob(loaded, bm, calibration, input_ids, plan, budget, host_budget)
+    prepared.search_config(spec).validate(bm)
+    return prepared
 
 
 def export_job(
@@ -111,12 +138,13 @@ def run_prune(
     state: SearchState | None = None,
     overwrite: bool = False,
     on_phase: Callable[[Phase], None] | None = None,
+    on_plan: Callable[[str], None] | None = None,
     on_iteration: Callable[[SearchState], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> PruneResult:
     """Run one pruning job: prepare, search (from `state`, resumed), export."""
-    from core.search import SearchConfig, run_search
+    from core.search import run_search
 
     if state is None:
         state = SearchState.new(spec)
@@ -131,12 +159,13 @@ def run_prune(
         model_path=model_path,
         calibration_path=calibration_path,
         on_phase=on_phase,
+        on_plan=on_plan,
     )
     (on_phase or (lambda _: None))(Phase.SEARCHING)
     state = run_search(
         prepared.bm,
         prepared.input_ids,
-        SearchConfig.of(spec),
+        prepared.search_config(spec),
         state,
         on_iteration=on_iteration,
         on_progress=on_progress,

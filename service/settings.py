@@ -10,7 +10,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,12 @@ class Settings(BaseSettings):
 
     # ---- how a worker runs a job ------------------------------------------------------------
     device: str = "auto"  # auto = cuda when available, else cpu; same on every worker of a pool
+    # Caps a search's activation cache on this worker (a job's own cache_budget wins); unset:
+    # whatever fits beside the model (core.planner).
+    cache_budget: ByteSize | None = None
+    # The memory of each worker's device(s), declared by the operator: the API refuses at submit
+    # a job whose search cannot fit in it (contract.memory). Unset: no check at submit.
+    worker_memory: ByteSize | None = None
     lease_s: float = Field(60, gt=0)
     heartbeat_s: float = Field(15, gt=0)
     progress_write_s: float = Field(1.0, ge=0)  # at most one progress write per this interval

@@ -86,5 +86,9 @@ def random_text(n_words: int, seed: int = 0) -> str:
 
 # The service stack's fixtures (PostgreSQL database, moto S3, Celery workers, API keys), shared
 # by tests/svc/ and tests/security/. Importing it sets the BLOCKPRUNE_* environment for the
-# session; nothing starts until a test asks for a fixture.
-from svc.fixtures import *  # noqa: E402, F403
+# session; nothing starts until a test asks for a fixture. A GPU machine that runs only the
+# engine's tests (tests/test_gpu.py) has no service extra: there they are left out.
+import importlib.util  # noqa: E402
+
+if importlib.util.find_spec("sqlalchemy") is not None:
+    from svc.fixtures import *  # noqa: F403

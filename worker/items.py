@@ -211,7 +211,7 @@ def keep_loaded(
 ) -> tuple[PreparedJob, CandidateScorer]:
     """Keep this job's model and tokens for this worker's shares (one job's at a time)."""
     _loaded.clear()
-    _loaded[job_id] = (prepared, CandidateScorer(prepared.bm, prepared.input_ids, spec.batch_size))
+    _loaded[job_id] = (prepared, prepared.scorer(spec))
     return _loaded[job_id]
 
 

@@ -41,6 +41,7 @@ def prepare(
         model_path=model_path,
         calibration_path=calibration_path,
         on_phase=on_phase,
+        machine_budget=settings.cache_budget,
     )
 
 

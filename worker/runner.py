@@ -20,7 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
 from core.pipeline import PreparedJob, export_job
-from core.search import SearchConfig, run_search
+from core.search import run_search
 from service import fanout, queue
 from service.queue import enqueue_item
 from service.settings import Settings, get_settings
@@ -109,7 +109,7 @@ def _run(
     state = run_search(
         prepared.bm,
         prepared.input_ids,
-        SearchConfig.of(spec),
+        prepared.search_config(spec),
         lease.state or SearchState.new(spec),
         on_iteration=reporter.iteration,
         on_progress=reporter.progress,

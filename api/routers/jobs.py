@@ -21,6 +21,7 @@ from api.schemas import (
 from contract import ErrorCode, JobStatus, UserError
 from contract.spec import check_clean_text
 from service import jobstore, queue, transitions
+from service.fit import check_fits
 from service.inputs import resolve_input
 from service.storage import presigned_url, s3_client
 
@@ -39,12 +40,14 @@ def create_job(
 ) -> JobView:
     """Queue a job. With an `Idempotency-Key`, a retry returns the job the first call made
     (200); the same key with a different body is a 409. Its inputs must be the tenant's own
-    uploads, shared prefixes, builtin: or allowed hf: sources (checked again by the worker)."""
+    uploads, shared prefixes, builtin: or allowed hf: sources (checked again by the worker), and
+    its search must fit a worker's declared memory (`does_not_fit`, with the sums)."""
     if idempotency_key is not None:
         _clean("Idempotency-Key", idempotency_key)
     try:
-        for field in ("model", "calibration"):
-            resolve_input(session, settings, tenant, field, getattr(body, field))
+        model = resolve_input(session, settings, tenant, "model", body.model)
+        resolve_input(session, settings, tenant, "calibration", body.calibration)
+        check_fits(settings, body.spec(), model)
     except UserError as e:
         status_code = 404 if e.code == ErrorCode.NOT_FOUND else 422
         raise ApiError(status_code, e.code, str(e), field=e.field) from None
