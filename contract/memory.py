@@ -100,17 +100,21 @@ class ModelShape:
         attention = 2.0 * tokens * seq_len * q * 2 / 2  # QK^T and AV, causal: half the pairs
         return projections + attention
 
-    def iteration_flops(self, samples: int, seq_len: int, layout: CacheLayout) -> float:
-        """FLOPs of the first iteration: the full pass that builds the cache, then every
-        candidate's pass (from its kept start, skipping itself, to the end, and the lm_head)."""
+    def head_flops(self, tokens: int) -> float:
+        return 2.0 * tokens * self.hidden * self.vocab
+
+    def iteration_flops(
+        self, samples: int, seq_len: int, layout: CacheLayout
+    ) -> tuple[float, float]:
+        """(decoder, lm_head) FLOPs of the first iteration: the full pass that builds the cache,
+        then every candidate's pass (from its kept start, skipping itself, to the end)."""
         tokens = samples * seq_len
         kinds = ("mha", "mlp") * self.num_layers
         per = [self.block_flops(kind, tokens, seq_len) for kind in kinds]
-        head = 2.0 * tokens * self.hidden * self.vocab
-        total = sum(per) + head
+        decoder = sum(per)
         for p in range(len(per)):
-            total += sum(per[layout.start(p) : p]) + sum(per[p + 1 :]) + head
-        return total
+            decoder += sum(per[layout.start(p) : p]) + sum(per[p + 1 :])
+        return decoder, (len(per) + 1) * self.head_flops(tokens)
 
 
 @dataclass(frozen=True)

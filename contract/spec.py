@@ -99,6 +99,7 @@ class JobSpec(BaseModel):
     )
     cache_budget: ByteSize | None = Field(
         None,
+        le=2**50,
         description="memory for the search's activation cache, e.g. 8GiB, 512MiB or 0 "
         "(recompute from the embeddings); default: what fits beside the model. Changes speed "
         "and memory, never the result",

@@ -43,18 +43,64 @@ def capacity(devices: list[torch.device]) -> Capacity:
     return Capacity(names, int(free * (1 - HEADROOM)), int(ram * 0.5), "cuda")
 
 
-def measured_flops(device: torch.device, dtype: torch.dtype, shape: ModelShape) -> float:
-    """FLOP/s of this device on a matmul shaped like the model's MLP (a second of work)."""
-    x = torch.randn(1024, shape.hidden, device=device, dtype=dtype)
-    w = torch.randn(shape.hidden, shape.intermediate, device=device, dtype=dtype)
-    x @ w  # warm up
+def measured_flops(
+    device: torch.device, dtype: torch.dtype, shape: ModelShape, seq_len: int
+) -> tuple[float, float]:
+    """Achieved FLOP/s of (a decoder layer, the lm_head with its cross-entropy) of this shape on
+    this device, each timed for about half a second on a chunk of random hidden states: the
+    norms, softmaxes and copies a FLOP count leaves out are in the time."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    config = LlamaConfig(
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        num_hidden_layers=1,
+        vocab_size=shape.vocab,
+        max_position_embeddings=max(seq_len, 2),
+    )
+    config._attn_implementation = "sdpa"
+    layer = LlamaDecoderLayer(config, 0).to(device, dtype).eval()
+    rotary = LlamaRotaryEmbedding(config).to(device)
+    head = torch.nn.Linear(shape.hidden, shape.vocab, bias=False).to(device, dtype)
+    b = max(1, 2048 // seq_len)
+    h = torch.randn(b, seq_len, shape.hidden, device=device, dtype=dtype)
+    rope = rotary(h, torch.arange(seq_len, device=device)[None])
+    mask = torch.full((seq_len, seq_len), torch.finfo(dtype).min, device=device, dtype=dtype)
+    mask = mask.triu(1)[None, None]
+    targets = torch.randint(0, shape.vocab, (b * seq_len,), device=device)
+
+    def decoder() -> None:
+        layer(h, position_embeddings=rope, attention_mask=mask)
+
+    def lm_head() -> None:
+        logits = head(h).float().flatten(0, 1)
+        torch.nn.functional.cross_entropy(logits, targets)
+
+    tokens = b * seq_len
+    layer_flops = shape.block_flops("mha", tokens, seq_len) + shape.block_flops(
+        "mlp", tokens, seq_len
+    )
+    with torch.inference_mode():
+        return (
+            layer_flops / _seconds(decoder, device),
+            shape.head_flops(tokens) / _seconds(lm_head, device),
+        )
+
+
+def _seconds(step, device: torch.device) -> float:
+    """Seconds per call of `step` (after a warm-up), over about half a second."""
+    step()
     n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < 0.5:
-        x @ w
+    while time.perf_counter() - started < 0.5 or n < 2:
+        step()
         n += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return n * 2.0 * 1024 * shape.hidden * shape.intermediate / (time.perf_counter() - started)
+    return (time.perf_counter() - started) / n
 
 
 def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
@@ -67,9 +113,10 @@ def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
     shape = read_shape(resolve_model_dir(spec.model)[1])
     cap = capacity(devices)
     if tflops is None:
-        flops, source = measured_flops(devices[0], DTYPES[spec.dtype], shape), "measured here"
+        rates = measured_flops(devices[0], DTYPES[spec.dtype], shape, spec.seq_len)
+        source = "measured here on a decoder layer and the lm_head"
     else:
-        flops, source = tflops * 1e12, "given"
+        rates, source = (tflops * 1e12, tflops * 1e12), "given"
     args = (shape, spec.samples, spec.seq_len, spec.dtype, spec.batch_size)
     full = plan_search(*args, budget=None, kind=cap.kind)
     positions = len(full.layout.kept)
@@ -86,7 +133,10 @@ def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
         f"device     {cap.device}: {human(cap.free)} usable "
         f"(free memory less {HEADROOM:.0%} headroom)"
     )
-    print(f"throughput {flops / 1e12:.2f} TFLOP/s ({source})")
+    print(
+        f"throughput {rates[0] / 1e12:.3f} / {rates[1] / 1e12:.3f} TFLOP/s, decoder / lm_head "
+        f"({source})"
+    )
     budgets: dict[str, int | None] = {
         "all+held": None,
         "all": full.cache,
@@ -107,7 +157,8 @@ def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
     rows = [header]
     for name, budget in budgets.items():
         plan = plan_search(*args, budget=budget, host_budget=cap.host_free, kind=cap.kind)
-        seconds = shape.iteration_flops(spec.samples, spec.seq_len, plan.layout) / flops
+        decoder, head = shape.iteration_flops(spec.samples, spec.seq_len, plan.layout)
+        seconds = decoder / rates[0] + head / rates[1]
         rows.append(
             (
                 name,

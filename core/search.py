@@ -166,6 +166,9 @@ def run_search(
             ppl, after = cache.score(block, keep=cache.can_hold(block, also=held))
             if best is None or ppl < best[0]:  # strict: ties go to the first candidate
                 best = (ppl, block, after)
+            # A losing candidate's activations go now, not when the next one has recorded its
+            # own: the peak is the cache + the best's + the current one's (contract.memory).
+            del after
             if on_progress is not None:
                 on_progress(
                     Progress(

@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     work_dir: Path = Path(tempfile.gettempdir()) / "blockprune-jobs"
 
     # ---- how a worker runs a job ------------------------------------------------------------
-    device: str = "auto"  # auto = cuda when available, else cpu; same on every worker of a pool
+    # auto: every GPU (layers spread over them), else cpu; or cpu, cuda:N, cuda:0,cuda:1
+    device: str = "auto"  # the same on every worker of a pool
     # Caps a search's activation cache on this worker (a job's own cache_budget wins); unset:
     # whatever fits beside the model (core.planner).
     cache_budget: ByteSize | None = None

@@ -1,5 +1,6 @@
 """The planner's arithmetic, device placement, and refusing a search that cannot fit."""
 
+import json
 import subprocess
 import sys
 
@@ -134,8 +135,38 @@ def test_plan_command_prints_the_budgets_table():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert any(line.startswith("model      134,515,008 parameters") for line in lines)
-    assert "throughput 1.00 TFLOP/s (given)" in out.stdout
+    assert "throughput 1.000 / 1.000 TFLOP/s, decoder / lm_head (given)" in out.stdout
     rows = {line.split()[0]: line.split() for line in lines if line.split()}
     for name in ("all+held", "all", "1/2", "1/4", "none", "chosen"):
         assert rows[name][-2] == "yes", rows[name]  # a 135M model fits this machine at any budget
     assert rows["chosen"][1] == "unlimited"  # so the search keeps every position
+
+
+@pytest.mark.slow
+def test_planned_peak_is_within_10_percent_of_the_measured_on_smollm2():
+    """bench/memory.py measures the resident high-water mark of real searches on SmolLM2 (one
+    process per budget) and prints the planner's figure beside it."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "bench/memory.py",
+            "--samples",
+            "8",
+            "--seq-len",
+            "64",
+            "--iterations",
+            "1",
+            "--budgets",
+            "all+held,one position",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["budget"] for r in rows] == ["all+held", "one position"]
+    for r in rows:
+        assert abs(r["planned_peak"] / r["measured_peak"] - 1) <= 0.10, (r, out.stdout)
+    assert rows[1]["measured_peak"] < rows[0]["measured_peak"]  # the budget really saves memory

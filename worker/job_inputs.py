@@ -36,18 +36,10 @@ def prepare(
         )
     return prepare_job(
         spec,
-        device=_device(settings.device),
+        device=settings.device,  # auto: every GPU, else the CPU (core.devices)
         cache_dir=str(settings.cache_dir),
         model_path=model_path,
         calibration_path=calibration_path,
         on_phase=on_phase,
         machine_budget=settings.cache_budget,
     )
-
-
-def _device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -35,15 +35,16 @@ def test_builtin_model_is_planned_without_loading_it(service, key_a, tiny_llama)
 
 def test_s3_model_is_planned_from_its_config_json(service, key_a, tiny_llama):
     body = job_body(tiny_llama, samples=4096, seq_len=4096)
-    refused = submit(service, key_a, {"worker_memory": 64 * 2**20}, body)
+    refused = submit(service, key_a, {"worker_memory": 2**30}, body)
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "does_not_fit"
-    fits = submit(service, key_a, {"worker_memory": 64 * 2**20}, job_body(tiny_llama))
+    fits = submit(service, key_a, {"worker_memory": 2**30}, job_body(tiny_llama))
     assert fits.status_code == 201, fits.text
     service.post(f"/v1/jobs/{fits.json()['id']}/cancel", headers=key_a)
     missing = submit(
         service,
         key_a,
-        {"worker_memory": 64 * 2**20, "s3_shared_prefixes": "models/"},
+        {"worker_memory": 2**30},
         job_body(tiny_llama, model=f"s3://{BUCKET}/models/no-such-model/"),
     )
-    assert missing.status_code == 422 and missing.json()["error"]["code"] == "missing_config"
+    assert missing.status_code == 422, missing.text
+    assert missing.json()["error"]["code"] == "missing_config", missing.text
