@@ -7,8 +7,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.errors import error_code_table, install_error_handlers
+from api.limits import BodyLimit
 from api.routers import health, jobs, tenant, uploads
 from contract import __version__
+from service.settings import get_settings
 
 DESCRIPTION = f"""Training-free block pruning of LLMs (BlockPruner), as a service.
 Authenticate with `Authorization: Bearer <key>` (keys: `blockprune keys create`).
@@ -28,4 +30,6 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(uploads.router, prefix="/v1")
     app.include_router(tenant.router, prefix="/v1")
+    # Outermost: a body over the limit never reaches authentication or the JSON parser.
+    app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
     return app

@@ -21,7 +21,7 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _HTTP_CODES = {
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
-    413: ErrorCode.INVALID_REQUEST,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.INVALID_REQUEST,
 }
 
@@ -43,7 +43,9 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         (401, "no valid API key"),
         (404, "no such job or upload for this tenant"),
         (409, "the job is not in a state that allows this"),
+        (413, "the request body is over the operator's limit"),
         (422, "the request does not validate; `field` names the first problem"),
+        (429, "a tenant quota is reached; retry after Retry-After seconds"),
     ]
 }
 

@@ -32,6 +32,8 @@ class ErrorCode(str, Enum):
     UNSAFE_WEIGHTS = "unsafe_weights"
     UNSUPPORTED_ARCHITECTURE = "unsupported_architecture"
     DOES_NOT_FIT = "does_not_fit"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    QUOTA_EXCEEDED = "quota_exceeded"
     MISSING_DEPENDENCY = "missing_dependency"
     HUB_UNREACHABLE = "hub_unreachable"
     S3_OBJECT_NOT_FOUND = "s3_object_not_found"
@@ -69,6 +71,10 @@ _DESCRIPTIONS = {
     ErrorCode.UNSUPPORTED_ARCHITECTURE: "the model is not a Llama, Mistral, Qwen2 or Qwen3 decoder",
     ErrorCode.DOES_NOT_FIT: "the model, its activation cache and working tensors need more "
     "memory than the devices have (the message gives the sums)",
+    ErrorCode.PAYLOAD_TOO_LARGE: "the request body is over the operator's limit (checked before "
+    "authentication)",
+    ErrorCode.QUOTA_EXCEEDED: "the tenant has as many queued and running jobs as the operator "
+    "allows; retry after Retry-After seconds",
     ErrorCode.MISSING_DEPENDENCY: "an optional extra is needed (the message says which)",
     ErrorCode.HUB_UNREACHABLE: "an hf: source was asked for and the hub cannot be reached",
     ErrorCode.S3_OBJECT_NOT_FOUND: "an s3:// input does not exist",

@@ -20,6 +20,17 @@ from service.storage import parse_s3_uri, s3_client
 CONFIG_MAX_BYTES = 1 << 20  # a config.json is a few KiB
 
 
+def check_bounds(settings: Settings, spec: JobSpec) -> None:
+    """The operator's bounds on one job (checked at submit and again by the worker)."""
+    tokens = spec.samples * spec.seq_len
+    if tokens > settings.max_calibration_tokens:
+        raise UserError(
+            "samples",
+            f"samples x seq_len = {tokens:,} calibration tokens, over this service's limit of "
+            f"{settings.max_calibration_tokens:,} (BLOCKPRUNE_MAX_CALIBRATION_TOKENS)",
+        )
+
+
 def check_fits(settings: Settings, spec: JobSpec, model_source: str) -> None:
     """A UserError (does_not_fit, with the sums) for a search the pool cannot hold.
     `model_source` is the resolved model: builtin:, hf: or an s3:// prefix."""

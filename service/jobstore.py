@@ -12,11 +12,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contract import JobSpec, JobStatus
-from service.tables import Job, JobEvent
+from service.tables import Job, JobEvent, Tenant
 
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was already used with a different request body."""
+
+
+class QuotaExceeded(Exception):
+    """The tenant already has its maximum of queued and running jobs."""
 
 
 class UnknownCursor(Exception):
@@ -38,13 +42,20 @@ def create_job(
     request_hash: str,
     max_attempts: int,
     parallelism: int = 1,
+    max_active: int | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job; with an idempotency key already used for the same request, return
-    that job instead (created=False)."""
+    that job instead (created=False). With `max_active`, refuse (QuotaExceeded) a tenant that
+    already has that many queued and running jobs; a replay is never refused."""
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _replayed(existing, request_hash), False
+    if max_active is not None:
+        # The tenant's row lock makes concurrent submits count one after the other.
+        session.get(Tenant, tenant_id, with_for_update=True)
+        if active_jobs(session, tenant_id) >= max_active:
+            raise QuotaExceeded(max_active)
     job = Job(
         id=str(uuid.uuid4()),
         tenant_id=tenant_id,
@@ -74,6 +85,13 @@ def create_job(
     session.flush()
     session.refresh(job)
     return job, True
+
+
+def active_jobs(session: Session, tenant_id: str) -> int:
+    """The tenant's queued and running jobs."""
+    active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+    query = select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(active))
+    return session.scalar(query) or 0
 
 
 def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:

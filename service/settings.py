@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     # Read-only prefixes of s3_bucket that every tenant may use as inputs (comma-separated),
     # e.g. "models/public/,datasets/": the operator's shared base models and texts.
     s3_shared_prefixes: str = ""
+    # ---- bounds on what one request or one tenant can consume -------------------------------
+    max_request_bytes: int = Field(1 << 20, ge=1024)  # a request body, refused before auth
+    # samples x seq_len of one job, at most (256 x 128 is the paper's setting: 32k tokens)
+    max_calibration_tokens: int = Field(1 << 22, ge=2)
+    max_calibration_mb: int = Field(1024, ge=1)  # a calibration file, at most
+    tenant_max_active_jobs: int = Field(50, ge=1)  # queued + running jobs of one tenant
+    quota_retry_after_s: int = Field(30, ge=1)  # Retry-After of a 429
+    download_cache_gb: float = Field(200, gt=0)  # a worker's S3 download cache, LRU-evicted
     upload_max_file_mb: int = Field(64 * 1024, ge=1)  # one uploaded file, at most
     upload_max_files: int = Field(64, ge=1)  # files of one upload (a model's shards...)
 

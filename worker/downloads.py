@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from contract import ErrorCode, UserError
 from contract.sources import CALIBRATION_SUFFIXES, SAFE_SUFFIXES, pickle_refusal
 from service.storage import parse_s3_uri
+from worker.scratch import touch
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 
@@ -50,6 +51,7 @@ def fetch_model(s3: Any, uri: str, cache_dir: Path, shown_as: str | None = None)
     fingerprint = "\n".join(f"{bucket}/{prefix}{n} {objects[n]}" for n in wanted)
     target = cache_dir / "models" / hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
     if target.is_dir():
+        touch(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
@@ -62,20 +64,31 @@ def fetch_model(s3: Any, uri: str, cache_dir: Path, shown_as: str | None = None)
     return target
 
 
-def fetch_calibration(s3: Any, uri: str, cache_dir: Path, shown_as: str | None = None) -> Path:
-    """The local copy of the calibration file `uri` (its suffix kept: it selects the format)."""
+def fetch_calibration(
+    s3: Any, uri: str, cache_dir: Path, shown_as: str | None = None, max_bytes: int | None = None
+) -> Path:
+    """The local copy of the calibration file `uri` (its suffix kept: it selects the format);
+    a file over `max_bytes` is refused before a byte of it is downloaded."""
     bucket, key = parse_s3_uri(uri, "calibration")
     suffix = Path(key).suffix
     shown = shown_as or uri
     if suffix not in CALIBRATION_SUFFIXES:
         raise UserError("calibration", f"{shown}: expected a .txt or .jsonl file")
     try:
-        etag = s3.head_object(Bucket=bucket, Key=key)["ETag"]
+        head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as e:
         raise _s3_error("calibration", shown, e) from e
+    etag = head["ETag"]
+    if max_bytes is not None and head["ContentLength"] > max_bytes:
+        raise UserError(
+            "calibration",
+            f"{shown} is {head['ContentLength']:,} bytes, over this service's limit of "
+            f"{max_bytes:,} (BLOCKPRUNE_MAX_CALIBRATION_MB)",
+        )
     name = hashlib.sha256(f"{bucket}/{key} {etag}".encode()).hexdigest()[:32] + suffix
     target = cache_dir / "calibration" / name
     if target.is_file():
+        touch(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".download-", dir=target.parent)

@@ -13,11 +13,9 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -32,6 +30,7 @@ from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
 from worker.job_inputs import prepare
 from worker.leases import Heartbeat, LeaseLost
+from worker.scratch import job_scratch
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +219,7 @@ def _export(lease: ItemLease, job_id: str, spec, state, prepared, settings: Sett
     from service.storage import s3_client
     from worker.uploads import upload_export
 
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.work_dir))
+    work = job_scratch(settings, job_id)
     try:
         lease.set_phase(Phase.EXPORTING)
         out = export_job(prepared, spec, state, work / "export")

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from contract import JobSpec, Phase
 from core.pipeline import PreparedJob, prepare_job
 from service.db import transaction
+from service.fit import check_bounds
 from service.inputs import resolve_input
 from service.settings import Settings
 from service.storage import s3_client
 from worker.downloads import fetch_calibration, fetch_model
+from worker.scratch import evict
 
 
 def prepare(
@@ -22,6 +24,7 @@ def prepare(
 ) -> PreparedJob:
     """The job's inputs checked (again: the job row may not have come from the API), fetched
     and loaded: the model and the calibration tokens on this worker's device."""
+    check_bounds(settings, spec)
     with transaction() as session:
         model = resolve_input(session, settings, tenant_id, "model", spec.model)
         calibration = resolve_input(session, settings, tenant_id, "calibration", spec.calibration)
@@ -32,8 +35,15 @@ def prepare(
         model_path = str(fetch_model(s3, model, inputs, shown_as=spec.model))
     if calibration.startswith("s3://"):
         calibration_path = str(
-            fetch_calibration(s3, calibration, inputs, shown_as=spec.calibration)
+            fetch_calibration(
+                s3,
+                calibration,
+                inputs,
+                shown_as=spec.calibration,
+                max_bytes=settings.max_calibration_mb << 20,
+            )
         )
+    evict(inputs, int(settings.download_cache_gb * 2**30))
     return prepare_job(
         spec,
         device=settings.device,  # auto: every GPU, else the CPU (core.devices)

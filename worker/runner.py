@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from service.storage import s3_client
 from worker import items
 from worker.job_inputs import prepare
 from worker.leases import Heartbeat, Lease, LeaseLost
+from worker.scratch import job_scratch
 from worker.uploads import upload_export
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,7 @@ def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> No
         return
     heartbeat = Heartbeat(lease.renew, f"job {job_id}", settings.heartbeat_s)
     heartbeat.start()
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.work_dir))
+    work = job_scratch(settings, job_id)
     try:
         _run(lease, heartbeat, settings, work, enqueue)
     except LeaseLost:

@@ -16,6 +16,7 @@ from service.settings import get_settings
 from worker.items import execute_item
 from worker.reaper import ReaperThread
 from worker.runner import execute_job
+from worker.scratch import clean_leftovers
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -49,6 +50,7 @@ def _preload_engine(**_) -> None:
 @signals.worker_process_init.connect
 def _forked_child(**_) -> None:
     reset_engine(after_fork=True)  # never share the parent's pooled connections
+    clean_leftovers(get_settings())  # a killed predecessor's work folders
 
 
 @signals.worker_ready.connect

@@ -21,7 +21,7 @@ from api.schemas import (
 from contract import ErrorCode, JobStatus, UserError
 from contract.spec import check_clean_text
 from service import jobstore, queue, transitions
-from service.fit import check_fits
+from service.fit import check_bounds, check_fits
 from service.inputs import resolve_input
 from service.storage import presigned_url, s3_client
 
@@ -47,6 +47,7 @@ def create_job(
     try:
         model = resolve_input(session, settings, tenant, "model", body.model)
         resolve_input(session, settings, tenant, "calibration", body.calibration)
+        check_bounds(settings, body.spec())
         check_fits(settings, body.spec(), model)
     except UserError as e:
         status_code = 404 if e.code == ErrorCode.NOT_FOUND else 422
@@ -62,7 +63,16 @@ def create_job(
             request_hash=body.request_hash(),
             max_attempts=settings.max_attempts,
             parallelism=body.parallelism or settings.default_parallelism,
+            max_active=settings.tenant_max_active_jobs,
         )
+    except jobstore.QuotaExceeded as e:
+        raise ApiError(
+            429,
+            ErrorCode.QUOTA_EXCEEDED,
+            f"this tenant already has {e} queued or running jobs, the most allowed "
+            "(BLOCKPRUNE_TENANT_MAX_ACTIVE_JOBS); cancel one or wait for one to finish",
+            headers={"Retry-After": str(settings.quota_retry_after_s)},
+        ) from None
     except jobstore.IdempotencyConflict as e:
         raise ApiError(
             409,

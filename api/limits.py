@@ -1,0 +1,61 @@
+"""A request body larger than the operator's limit is refused before anything reads it: before
+authentication, before JSON parsing. A declared Content-Length over the limit is answered at
+once; a body without one (chunked) is counted as it arrives and cut off at the limit. Bodies
+under the limit (JSON of a few KiB) are read here and handed on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from contract import ErrorCode
+
+Scope = dict[str, Any]
+
+
+class BodyLimit:
+    """Pure ASGI middleware, so no framework buffers the body first."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        # Read the body here, up to the limit (FastAPI would turn an error raised while it
+        # reads into a 400), then hand the app the same messages.
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        message = f"request body over {self.max_bytes} bytes (BLOCKPRUNE_MAX_REQUEST_BYTES)"
+        body = json.dumps(
+            {"error": {"code": ErrorCode.PAYLOAD_TOO_LARGE.value, "message": message}}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
