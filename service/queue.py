@@ -11,14 +11,21 @@ by the broker.
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
+import redis
 from celery import Celery
 
 from service.settings import get_settings
 
 RUN_JOB_TASK = "blockprune.run_job"
 RUN_ITEM_TASK = "blockprune.run_item"  # a work item of a fanned-out job (service.fanout)
+# A broker that accepts connections and never answers must not hang a caller: every socket
+# operation times out, and a publish is retried a few times only.
+SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 3.0
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -38,7 +45,18 @@ def celery_app() -> Celery:
         worker_concurrency=1,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        },
+        broker_connection_timeout=CONNECT_TIMEOUT_S,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -50,6 +68,7 @@ def enqueue(job_id: str, countdown: float | None = None) -> None:
     celery_app().send_task(
         RUN_JOB_TASK, args=[job_id], queue=get_settings().queue, countdown=countdown
     )
+    _mark_waiting("job", job_id)
 
 
 def enqueue_item(item_id: int, countdown: float | None = None) -> None:
@@ -57,3 +76,46 @@ def enqueue_item(item_id: int, countdown: float | None = None) -> None:
     celery_app().send_task(
         RUN_ITEM_TASK, args=[item_id], queue=get_settings().queue, countdown=countdown
     )
+    _mark_waiting("item", str(item_id))
+
+
+# ---- which messages are waiting --------------------------------------------------------------
+# A sent message leaves a marker in Redis that the worker removes when it receives the message.
+# The reaper re-sends a job that has been queued too long only if its marker is gone: the
+# message was lost (Redis restarted empty, a send failed), not merely waiting behind others.
+# A marker expires, so one left by a crash between receipt and removal costs one late re-send
+# at most; a duplicate message is harmless (the job's lease decides who runs it).
+def _pending_key(kind: str, ref: str) -> str:
+    return f"blockprune:{get_settings().queue}:waiting:{kind}:{ref}"
+
+
+@lru_cache
+def _markers() -> redis.Redis:
+    return redis.Redis.from_url(
+        get_settings().broker_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+    )
+
+
+def _mark_waiting(kind: str, ref: str) -> None:
+    try:
+        _markers().set(_pending_key(kind, ref), "1", ex=int(get_settings().waiting_marker_ttl_s))
+    except redis.RedisError:  # the message was sent: without a marker it may be sent twice
+        log.warning("could not mark %s %s as waiting", kind, ref, exc_info=True)
+
+
+def message_waiting(kind: str, ref: str) -> bool:
+    """Whether a message for this job ("job") or work item ("item") is waiting in the queue;
+    False when Redis cannot say (a re-send is the safe side)."""
+    try:
+        return bool(_markers().exists(_pending_key(kind, ref)))
+    except redis.RedisError:
+        return False
+
+
+def message_received(kind: str, ref: str) -> None:
+    try:
+        _markers().delete(_pending_key(kind, ref))
+    except redis.RedisError:
+        log.warning("could not clear the waiting marker of %s %s", kind, ref, exc_info=True)

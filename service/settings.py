@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     worker_runs_reaper: bool = True
     reaper_interval_s: float = Field(10, gt=0)
     queued_requeue_after_s: float = Field(300, gt=0)  # re-send a queued job's lost message
+    # A sent message's "waiting" marker lives this long (service.queue): a message that waits
+    # longer in the queue is re-sent once per this interval, never more often.
+    waiting_marker_ttl_s: float = Field(3600, gt=0)
 
     # ---- webhooks (each tenant signs with its own secret: `keys create`, POST /v1/webhook-secret)
     # A global secret is refused, so an old configuration cannot silently keep using one.

@@ -59,9 +59,12 @@ def reap_once(
             .limit(BATCH)
             .with_for_update(skip_locked=True)
         )
-        for job in stale:  # its message was lost (broker flushed, enqueue failed): send again
+        for job in stale:
+            transitions.mark_enqueued(job)  # checked now: the next check waits anew
+            if queue.message_waiting("job", job.id):
+                continue  # its message waits behind others: sending another only adds to them
+            # its message was lost (Redis restarted empty, the send failed): send again
             add_event(s, job.id, "requeued", reason="queued_too_long")
-            transitions.mark_enqueued(job)
             to_enqueue.append(job.id)
         items = _reap_items(s, waited_since)
     for job_id in to_enqueue:
@@ -99,7 +102,8 @@ def _reap_items(s: Session, waited_since) -> list[int]:
     )
     for item in stale:
         item.enqueued_at = func.now()
-        resend.append(item.id)
+        if not queue.message_waiting("item", str(item.id)):
+            resend.append(item.id)
     return resend
 
 

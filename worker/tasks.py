@@ -11,7 +11,7 @@ import logging
 from celery import signals
 
 from service.db import reset_engine
-from service.queue import RUN_ITEM_TASK, RUN_JOB_TASK, celery_app
+from service.queue import RUN_ITEM_TASK, RUN_JOB_TASK, celery_app, message_received
 from service.settings import get_settings
 from worker.items import execute_item
 from worker.reaper import ReaperThread
@@ -24,11 +24,13 @@ app = celery_app()
 
 @app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> None:
+    message_received("job", job_id)
     execute_job(job_id)
 
 
 @app.task(name=RUN_ITEM_TASK)
 def run_item(item_id: int) -> None:
+    message_received("item", str(item_id))
     execute_item(item_id)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Response, status
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import ERROR_RESPONSES, ApiError, check_id, not_found
@@ -36,6 +36,7 @@ def create_job(
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
+    background: BackgroundTasks,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobView:
     """Queue a job. With an `Idempotency-Key`, a retry returns the job the first call made
@@ -82,7 +83,9 @@ def create_job(
         ) from None
     session.commit()
     if created:
-        _enqueue(job.id)
+        # After the response: a broker that is down or hung never holds up the POST (the job
+        # is committed; the reaper sends a message that could not be sent).
+        background.add_task(_enqueue, job.id)
     else:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"

@@ -168,3 +168,25 @@ def test_an_illegal_status_change_is_refused_and_nothing_is_written(quiet, new_j
         assert s.get(Job, job_id).status == "failed"
         changes = [e.data["to"] for e in list_events(s, job_id) if e.kind == "status"]
     assert changes == ["failed"]
+
+
+def test_a_message_still_waiting_in_the_queue_is_not_sent_again(quiet, new_job):
+    """A queued job whose message is merely waiting (its marker is in Redis) is not re-sent,
+    however long it waits; once the message is gone (received, or lost with Redis), it is."""
+    from service import queue
+    from service.settings import get_settings
+    from worker.reaper import reap_once
+
+    settings = get_settings().model_copy(update={"queued_requeue_after_s": 1.0})
+    sent: list[str] = []
+    job_id = new_job()
+    queue._mark_waiting("job", job_id)  # what enqueue leaves after sending
+    assert queue.message_waiting("job", job_id)
+    time.sleep(1.2)
+    assert job_id not in reap_once(settings, enqueue=sent.append)
+    time.sleep(1.2)
+    assert job_id not in reap_once(settings, enqueue=sent.append)
+    queue.message_received("job", job_id)  # as a worker does; a flushed Redis loses it too
+    time.sleep(1.2)
+    assert job_id in reap_once(settings, enqueue=sent.append)
+    assert sent.count(job_id) == 1
