@@ -126,6 +126,7 @@ def main() -> None:
         return
 
     from contract.memory import human
+    from core.cli import print_table
 
     print(
         f"{args.model} on {args.device}, {args.samples} x {args.seq_len} tokens, {args.dtype}, "
@@ -158,11 +159,7 @@ def main() -> None:
                 f"{r['s_per_iteration']:.1f}",
             )
         )
-    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
-    for n, t in enumerate(table):
-        print("  ".join(c.rjust(w) for c, w in zip(t, widths, strict=True)))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(table)
     if args.json:
         for r in rows:
             print(json.dumps(r))

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -192,14 +193,19 @@ def print_summary(info: dict, seconds: float) -> None:
     rows.append(("0", "-", "-", f"{info['base_ppl']:.3f}"))
     for n, r in enumerate(info["removed"], 1):
         rows.append((str(n), r["block"], str(r["layer"]), f"{r['ppl']:.3f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print_table(rows)
+    before, after = info["params_before"], info["params_after"]
+    print(f"parameters: {before:,} -> {after:,} ({100 * (1 - after / before):.1f}% removed)")
+    print(f"time: {seconds:.0f} s")
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Right-aligned columns; the first row is the header, underlined."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * w for w in widths))
-    before, after = info["params_before"], info["params_after"]
-    print(f"parameters: {before:,} -> {after:,} ({100 * (1 - after / before):.1f}% removed)")
-    print(f"time: {seconds:.0f} s")
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
@@ -220,13 +226,82 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from core.planner import print_plan
-
     _quiet_transformers()
     values = {name: getattr(args, name) for name in PLAN_SPEC_FIELDS}
     spec = JobSpec.parse({**EMBEDDED_DEFAULTS, **values})
     print_plan(spec, args.device, args.tflops)
     return 0
+
+
+def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
+    """`blockprune plan`: the model's memory, the cache's, and the peak and estimated time of
+    an iteration at several budgets, against the devices' free memory."""
+    from contract.memory import HEADROOM, choose_budget, human, plan_search
+    from core.devices import parse_devices
+    from core.models import DTYPES, resolve_model_dir
+    from core.planner import capacity, measured_flops, read_shape
+
+    devices = parse_devices(device)
+    shape = read_shape(resolve_model_dir(spec.model)[1])
+    cap = capacity(devices)
+    if tflops is None:
+        rates = measured_flops(devices[0], DTYPES[spec.dtype], shape, spec.seq_len)
+        source = "measured here on a decoder layer and the lm_head"
+    else:
+        rates, source = (tflops * 1e12, tflops * 1e12), "given"
+    args = (shape, spec.samples, spec.seq_len, spec.dtype, spec.batch_size)
+    full = plan_search(*args, budget=None, kind=cap.kind)
+    positions = len(full.layout.kept)
+    print(f"model      {shape.params():,} parameters, {human(full.model)} in {spec.dtype}")
+    print(
+        f"cache      {spec.samples} x {spec.seq_len} tokens: {human(full.position)} per "
+        f"position, {positions} positions = {human(full.cache)}"
+    )
+    print(
+        f"working    {human(full.working)} (one chunk of {spec.batch_size or spec.samples} "
+        "sequences: MLP, attention or lm_head tensors)"
+    )
+    print(
+        f"device     {cap.device}: {human(cap.free)} usable "
+        f"(free memory less {HEADROOM:.0%} headroom)"
+    )
+    print(
+        f"throughput {rates[0] / 1e12:.3f} / {rates[1] / 1e12:.3f} TFLOP/s, decoder / lm_head "
+        f"({source})"
+    )
+    budgets: dict[str, int | None] = {
+        "all+held": None,
+        "all": full.cache,
+        "1/2": full.position * (positions // 2),
+        "1/4": full.position * (positions // 4),
+        "one position": full.position,
+        "none": 0,
+    }
+    if spec.cache_budget is not None:
+        budgets["--cache-budget"] = spec.cache_budget
+    try:
+        budgets["chosen"] = choose_budget(shape, spec, cap)[0]
+    except UserError as e:
+        print(f"does not fit: {e.message}")
+    header = ("budget", "bytes", "kept", "cache", "held", "peak", "fits", "s/iteration")
+    rows = [header]
+    for name, budget in budgets.items():
+        plan = plan_search(*args, budget=budget, host_budget=cap.host_free, kind=cap.kind)
+        decoder, head = shape.iteration_flops(spec.samples, spec.seq_len, plan.layout)
+        seconds = decoder / rates[0] + head / rates[1]
+        rows.append(
+            (
+                name,
+                "unlimited" if budget is None else human(budget),
+                str(len(plan.layout.kept)),
+                human(plan.cache) + (f" + {human(plan.host)} host" if plan.host else ""),
+                human(plan.held),
+                human(plan.peak),
+                "yes" if plan.peak <= cap.free else "NO",
+                f"{seconds:.1f}",
+            )
+        )
+    print_table(rows)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -69,11 +69,12 @@ def prepare_job(
     spec's model/calibration (a worker downloads s3:// inputs); the spec keeps the original
     names. `cache_dir` is where converted builtin models are cached; `machine_budget` caps the
     activation cache where the spec does not set one. `on_plan` gets the plan in one line."""
+    from contract.memory import choose_budget
     from core.blocks import BlockModel
     from core.calibration import load_calibration
     from core.devices import parse_devices
     from core.models import load_model, resolve_model_dir
-    from core.planner import capacity, choose_budget, read_shape
+    from core.planner import capacity, read_shape
 
     phase = on_phase or (lambda _: None)
     phase(Phase.LOADING)

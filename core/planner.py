@@ -1,9 +1,10 @@
 """Will a search fit, and how long will an iteration take? The machine's side of the planner.
 
 contract.memory has the arithmetic (pure Python, shared with the API's submit check); here are
-the machine's facts it needs: the devices' free memory and their measured throughput. `prune`
-calls `choose_budget` before it loads a single weight, so a setting that cannot fit is refused at
-once with the sums, instead of failing an hour in with an out-of-memory error.
+the machine's facts it needs: the devices' free memory and their measured throughput (`blockprune
+plan`, in core.cli, prints them). `prune` calls `choose_budget` before it loads a single weight,
+so a setting that cannot fit is refused at once with the sums, instead of failing an hour in
+with an out-of-memory error.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from contract import JobSpec, UserError
-from contract.memory import HEADROOM, Capacity, ModelShape, choose_budget, human, plan_search
+from contract import UserError
+from contract.memory import HEADROOM, Capacity, ModelShape
 
 
 def read_shape(model_dir: Path) -> ModelShape:
@@ -101,78 +102,3 @@ def _seconds(step, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - started) / n
-
-
-def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
-    """`blockprune plan`: the model's memory, the cache's, and the peak and estimated time of
-    an iteration at several budgets, against the devices' free memory."""
-    from core.devices import parse_devices
-    from core.models import DTYPES, resolve_model_dir
-
-    devices = parse_devices(device)
-    shape = read_shape(resolve_model_dir(spec.model)[1])
-    cap = capacity(devices)
-    if tflops is None:
-        rates = measured_flops(devices[0], DTYPES[spec.dtype], shape, spec.seq_len)
-        source = "measured here on a decoder layer and the lm_head"
-    else:
-        rates, source = (tflops * 1e12, tflops * 1e12), "given"
-    args = (shape, spec.samples, spec.seq_len, spec.dtype, spec.batch_size)
-    full = plan_search(*args, budget=None, kind=cap.kind)
-    positions = len(full.layout.kept)
-    print(f"model      {shape.params():,} parameters, {human(full.model)} in {spec.dtype}")
-    print(
-        f"cache      {spec.samples} x {spec.seq_len} tokens: {human(full.position)} per "
-        f"position, {positions} positions = {human(full.cache)}"
-    )
-    print(
-        f"working    {human(full.working)} (one chunk of {spec.batch_size or spec.samples} "
-        "sequences: MLP, attention or lm_head tensors)"
-    )
-    print(
-        f"device     {cap.device}: {human(cap.free)} usable "
-        f"(free memory less {HEADROOM:.0%} headroom)"
-    )
-    print(
-        f"throughput {rates[0] / 1e12:.3f} / {rates[1] / 1e12:.3f} TFLOP/s, decoder / lm_head "
-        f"({source})"
-    )
-    budgets: dict[str, int | None] = {
-        "all+held": None,
-        "all": full.cache,
-        "1/2": full.position * (positions // 2),
-        "1/4": full.position * (positions // 4),
-        "one position": full.position,
-        "none": 0,
-    }
-    if spec.cache_budget is not None:
-        budgets["--cache-budget"] = spec.cache_budget
-    try:
-        chosen, _, _ = choose_budget(shape, spec, cap)
-        budgets.setdefault("chosen", chosen)
-        budgets["chosen"] = chosen
-    except UserError as e:
-        print(f"does not fit: {e.message}")
-    header = ("budget", "bytes", "kept", "cache", "held", "peak", "fits", "s/iteration")
-    rows = [header]
-    for name, budget in budgets.items():
-        plan = plan_search(*args, budget=budget, host_budget=cap.host_free, kind=cap.kind)
-        decoder, head = shape.iteration_flops(spec.samples, spec.seq_len, plan.layout)
-        seconds = decoder / rates[0] + head / rates[1]
-        rows.append(
-            (
-                name,
-                "unlimited" if budget is None else human(budget),
-                str(len(plan.layout.kept)),
-                human(plan.cache) + (f" + {human(plan.host)} host" if plan.host else ""),
-                human(plan.held),
-                human(plan.peak),
-                "yes" if plan.peak <= cap.free else "NO",
-                f"{seconds:.1f}",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for n, row in enumerate(rows):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))

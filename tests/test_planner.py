@@ -9,11 +9,10 @@ import torch
 from conftest import tiny_ids, tiny_model, word_tokenizer
 
 from contract import ErrorCode, JobSpec, UserError
-from contract.memory import ModelShape, plan_search
+from contract.memory import Capacity, ModelShape, choose_budget, plan_search
 from core.blocks import BlockModel
 from core.devices import device_map, layer_devices, parse_devices
 from core.models import load_model
-from core.planner import Capacity, choose_budget
 from core.search import SearchConfig, run_search
 
 CPU = torch.device("cpu")
