@@ -90,7 +90,7 @@ def error_code_table() -> str:
     return "\n".join(["| code | meaning |", "|---|---|", *rows])
 
 
-def _body(code: ErrorCode, message: str, field: str | None = None, **extra) -> dict:
+def error_body(code: ErrorCode, message: str, field: str | None = None, **extra) -> dict:
     error = {"code": code.value, "message": printable(message), **extra}
     if field is not None:
         error["field"] = printable(field)
@@ -105,7 +105,9 @@ def _field_name(loc: tuple) -> str:
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return JSONResponse(
-        _body(exc.code, exc.message, exc.field), status_code=exc.status_code, headers=exc.headers
+        error_body(exc.code, exc.message, exc.field),
+        status_code=exc.status_code,
+        headers=exc.headers,
     )
 
 
@@ -121,7 +123,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
     message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse(
-        _body(ErrorCode.INVALID_REQUEST, message, first["field"], errors=problems),
+        error_body(ErrorCode.INVALID_REQUEST, message, first["field"], errors=problems),
         status_code=422,
     )
 
@@ -130,7 +132,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST)
     return JSONResponse(
-        _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
     )
 
 
@@ -141,7 +143,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         "unhandled error %s on %s %s", reference, request.method, request.url.path, exc_info=exc
     )
     message = f"internal error (reference {reference}); it has been logged"
-    return JSONResponse(_body(ErrorCode.INTERNAL_ERROR, message), status_code=500)
+    return JSONResponse(error_body(ErrorCode.INTERNAL_ERROR, message), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

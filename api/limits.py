@@ -5,9 +5,11 @@ under the limit (JSON of a few KiB) are read here and handed on."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
+from api.errors import error_body
 from contract import ErrorCode
 
 Scope = dict[str, Any]
@@ -25,7 +27,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         # Read the body here, up to the limit (FastAPI would turn an error raised while it
         # reads into a 400), then hand the app the same messages.
@@ -37,7 +39,7 @@ class BodyLimit:
                 break
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -47,15 +49,11 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, scope: Scope, receive: Any, send: Any) -> None:
         message = f"request body over {self.max_bytes} bytes (BLOCKPRUNE_MAX_REQUEST_BYTES)"
-        body = json.dumps(
-            {"error": {"code": ErrorCode.PAYLOAD_TOO_LARGE.value, "message": message}}
-        ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        response = JSONResponse(
+            error_body(ErrorCode.PAYLOAD_TOO_LARGE, message),
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)

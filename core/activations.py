@@ -50,7 +50,6 @@ class ActivationCache:
         )
         self.acts: dict[int, list[torch.Tensor]] = {}
         self.skip: set[int] = set()
-        self.held = (0, 0)  # (device, host) bytes of activations held outside the cache
         self.work = 0  # block evaluations, for benchmarks
 
     # ---- storing and fetching -----------------------------------------------------------------
