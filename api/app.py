@@ -4,12 +4,16 @@ It imports no torch: the job contract and the service package are all it needs."
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api.errors import error_code_table, install_error_handlers
 from api.limits import BodyLimit
 from api.routers import health, jobs, tenant, uploads
 from contract import __version__
+from service.outbox import Relay
 from service.settings import get_settings
 
 DESCRIPTION = f"""Training-free block pruning of LLMs (BlockPruner), as a service.
@@ -21,9 +25,26 @@ Every error is `{{"error": {{"code", "message", "field"?}}}}`; the codes:
 """
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The outbox relay runs beside the API: a created job's message is sent from here at
+    once (the route wakes it), and retried from here while the broker is down."""
+    relay = Relay(get_settings())
+    relay.start()
+    app.state.relay = relay
+    try:
+        yield
+    finally:
+        relay.stop()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
-        title="BlockPrune", version=__version__, description=DESCRIPTION, docs_url="/docs"
+        title="BlockPrune",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        lifespan=lifespan,
     )
     install_error_handlers(app)
     app.include_router(health.router)

@@ -1,11 +1,12 @@
-"""Request dependencies, as Annotated aliases: settings, a database session, the tenant."""
+"""Request dependencies, as Annotated aliases: settings, a database session, the tenant, the
+outbox relay."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -13,6 +14,7 @@ from api.errors import ApiError
 from contract import ErrorCode
 from service.db import get_engine
 from service.keys import tenant_for_key
+from service.outbox import Relay
 from service.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -48,3 +50,12 @@ def _tenant(
 
 
 TenantDep = Annotated[str, Depends(_tenant)]
+
+
+def _relay(request: Request) -> Relay | None:
+    """This process's outbox relay (started with the app; None under a test client that did
+    not run the app's lifespan: the workers' relays send then)."""
+    return getattr(request.app.state, "relay", None)
+
+
+RelayDep = Annotated[Relay | None, Depends(_relay)]

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from selfhost import SelfHosted  # noqa: E402
+
 JOB = {"model": "builtin:smollm2-135m", "calibration": "builtin:stdlib-docs", "num_blocks": 1}
 
 
@@ -89,64 +87,6 @@ async def run_all(url: str, key: str, args: argparse.Namespace) -> dict[str, dic
         return results
 
 
-def self_host(args: argparse.Namespace):
-    """A database, a key and an API of our own; returns (url, key, cleanup)."""
-    import psycopg
-
-    name = f"blockprune_load_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = args.admin_dsn.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0]
-    queue = f"blockprune-load-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "BLOCKPRUNE_DATABASE_URL": f"{base}/{name}",
-        "BLOCKPRUNE_BROKER_URL": args.broker,
-        "BLOCKPRUNE_QUEUE": queue,
-        "BLOCKPRUNE_S3_BUCKET": "unused",
-        "BLOCKPRUNE_TENANT_MAX_ACTIVE_JOBS": "1000000",  # the load, not the quota, is measured
-    }
-    cli = [sys.executable, "-m", "blockprune"]
-    subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT)
-    made = subprocess.run(
-        [*cli, "keys", "create", "--tenant", "load"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    key = made.stdout.strip().splitlines()[-1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    api = subprocess.Popen(
-        [*cli, "api", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code < 500:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-
-    def cleanup() -> None:
-        import redis
-
-        api.terminate()
-        api.wait(10)
-        redis.Redis.from_url(args.broker).delete(queue)
-        with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-    return url, key, cleanup
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--url")
@@ -158,16 +98,14 @@ def main() -> None:
     ap.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--broker", default="redis://127.0.0.1:6379/14")
     args = ap.parse_args()
-    cleanup = None
     if args.url:
-        url, key = args.url, args.key
+        url = args.url
+        results = asyncio.run(run_all(url, args.key, args))
     else:
-        url, key, cleanup = self_host(args)
-    try:
-        results = asyncio.run(run_all(url, key, args))
-    finally:
-        if cleanup is not None:
-            cleanup()
+        # the load, not the quota, is measured
+        with SelfHosted(args.admin_dsn, args.broker, tenant_max_active_jobs="1000000") as stack:
+            url = stack.url
+            results = asyncio.run(run_all(url, stack.key, args))
     print(f"{url}: {args.duration:.0f} s per kind, at most {args.concurrency} in flight")
     print(f"{'request':<20} {'rate':>6} {'done/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
     for name, r in results.items():

@@ -44,6 +44,7 @@ class ErrorCode(str, Enum):
     TIME_LIMIT = "time_limit"
     INTERNAL_ERROR = "internal_error"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
 
     def describe(self) -> str:
         return _DESCRIPTIONS[self]
@@ -88,6 +89,8 @@ _DESCRIPTIONS = {
     ),
     ErrorCode.INTERNAL_ERROR: "an unexpected error in the service (it retries if attempts remain)",
     ErrorCode.ATTEMPTS_EXHAUSTED: "the job's workers were lost max_attempts times",
+    ErrorCode.DEPENDENCY_UNAVAILABLE: "S3, the hub, the database or the queue stayed unreachable "
+    "for longer than the operator's outage budget (the message says which and how long)",
 }
 
 

@@ -238,11 +238,11 @@ def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
     an iteration at several budgets, against the devices' free memory."""
     from contract.memory import HEADROOM, choose_budget, human, plan_search
     from core.devices import parse_devices
-    from core.models import DTYPES, resolve_model_dir
+    from core.models import DTYPES, locate_model
     from core.planner import capacity, measured_flops, read_shape
 
     devices = parse_devices(device)
-    shape = read_shape(resolve_model_dir(spec.model)[1])
+    shape = read_shape(locate_model(spec.model).config_dir)  # an hf: model's weights stay put
     cap = capacity(devices)
     if tflops is None:
         rates = measured_flops(devices[0], DTYPES[spec.dtype], shape, spec.seq_len)

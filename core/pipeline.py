@@ -63,28 +63,32 @@ def prepare_job(
     on_phase: Callable[[Phase], None] | None = None,
     machine_budget: int | None = None,
     on_plan: Callable[[str], None] | None = None,
+    max_weight_bytes: int | None = None,
 ) -> PreparedJob:
-    """Check that the search fits (core.planner, before any weight is read), load the model and
-    tokenize the calibration text. `model_path`/`calibration_path` are local copies of the
-    spec's model/calibration (a worker downloads s3:// inputs); the spec keeps the original
-    names. `cache_dir` is where converted builtin models are cached; `machine_budget` caps the
-    activation cache where the spec does not set one. `on_plan` gets the plan in one line."""
+    """Check that the search fits (core.planner, on config.json before any weight is read or,
+    for an hf: model, downloaded), load the model and tokenize the calibration text.
+    `model_path`/`calibration_path` are local copies of the spec's model/calibration (a worker
+    downloads s3:// inputs); the spec keeps the original names. `cache_dir` is where converted
+    builtin models are cached; `machine_budget` caps the activation cache where the spec does
+    not set one; `max_weight_bytes` caps an hf: model's safetensors (None: any size). `on_plan`
+    gets the plan in one line."""
     from contract.memory import choose_budget
     from core.blocks import BlockModel
     from core.calibration import load_calibration
     from core.devices import parse_devices
-    from core.models import load_model, resolve_model_dir
+    from core.models import load_model, locate_model
     from core.planner import capacity, read_shape
 
     phase = on_phase or (lambda _: None)
     phase(Phase.LOADING)
     devices = parse_devices(device)
-    resolved = resolve_model_dir(model_path or spec.model, cache_dir)
-    shape = read_shape(resolved[1])
+    source = locate_model(model_path or spec.model, cache_dir, max_weight_bytes)
+    shape = read_shape(source.config_dir)
     cap = capacity(devices)
     budget, host_budget, plan = choose_budget(shape, spec, cap, machine_budget)
     if on_plan is not None:
         on_plan(plan.describe(cap.free, cap.device))
+    resolved = (source.name, source.fetch())  # a hub model's weights: only now that it fits
     loaded = load_model(model_path or spec.model, device, spec.dtype, resolved=resolved)
     bm = BlockModel(loaded.model)
     phase(Phase.CALIBRATING)

@@ -3,7 +3,7 @@
 The operator declares each worker's device memory (BLOCKPRUNE_WORKER_MEMORY); the arithmetic is
 the planner's (contract.memory), on the model's config.json: the builtin models' shapes are
 known, an S3 model's config.json is read (one small GET). An hf: model is checked by the worker
-before it loads a weight; without a declared memory, nothing is checked here.
+before it downloads a weight; without a declared memory, nothing is checked here.
 """
 
 from __future__ import annotations

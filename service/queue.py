@@ -1,10 +1,11 @@
-"""The queue: the Celery app and `enqueue`. A message only says "work on job X"; PostgreSQL
+"""The queue: the Celery app and `send`. A message only says "work on job X"; PostgreSQL
 holds everything else.
 
-The API, the runner and the reaper send with `enqueue`; worker.tasks registers the task that
-receives on this same app. One job at a time per worker process (concurrency 1, prefetch 1, late
-acks), JSON messages only, and time limits below Redis' visibility timeout so a running job's
-message is never redelivered while it runs. A worker killed outright leaves its message
+Messages are written to the outbox (service.outbox) with the change that calls for them and
+sent by its relay with `send`; worker.tasks registers the tasks that receive on this same app.
+One job at a time per worker process (concurrency 1, prefetch 1, late acks), JSON messages
+only, and time limits below Redis' visibility timeout so a running job's message is never
+redelivered while it runs. A worker killed outright leaves its message
 unacknowledged; the job is recovered from PostgreSQL by the reaper once its lease expires, not
 by the broker.
 """
@@ -63,20 +64,16 @@ def celery_app() -> Celery:
     return app
 
 
-def enqueue(job_id: str, countdown: float | None = None) -> None:
-    """Send "run job `job_id`" (after `countdown` seconds)."""
-    celery_app().send_task(
-        RUN_JOB_TASK, args=[job_id], queue=get_settings().queue, countdown=countdown
-    )
-    _mark_waiting("job", job_id)
+TASKS = {"job": RUN_JOB_TASK, "item": RUN_ITEM_TASK}
 
 
-def enqueue_item(item_id: int, countdown: float | None = None) -> None:
-    """Send "run work item `item_id`" (a share of a fanned-out search, or its export)."""
-    celery_app().send_task(
-        RUN_ITEM_TASK, args=[item_id], queue=get_settings().queue, countdown=countdown
-    )
-    _mark_waiting("item", str(item_id))
+def send(kind: str, ref: str, task_id: str | None = None) -> None:
+    """Send "run job `ref`" (kind "job") or "run work item `ref`" (kind "item") now. Callers
+    go through the outbox (service.outbox.add), whose relay calls this with a task id that
+    identifies the outbox row, so a message sent twice is received once (`first_receipt`)."""
+    arg: str | int = ref if kind == "job" else int(ref)
+    celery_app().send_task(TASKS[kind], args=[arg], queue=get_settings().queue, task_id=task_id)
+    _mark_waiting(kind, ref)
 
 
 # ---- which messages are waiting --------------------------------------------------------------
@@ -119,3 +116,16 @@ def message_received(kind: str, ref: str) -> None:
         _markers().delete(_pending_key(kind, ref))
     except redis.RedisError:
         log.warning("could not clear the waiting marker of %s %s", kind, ref, exc_info=True)
+
+
+def first_receipt(task_id: str | None) -> bool:
+    """Whether this is the first delivery of message `task_id` (the outbox relay may send one
+    twice: sent, then killed before it could delete the row). True when Redis cannot say: a
+    duplicate is harmless anyway (the job's lease decides who runs it), only wasteful."""
+    if not task_id:
+        return True
+    key = f"blockprune:{get_settings().queue}:received:{task_id}"
+    try:
+        return bool(_markers().set(key, "1", nx=True, ex=int(get_settings().waiting_marker_ttl_s)))
+    except redis.RedisError:
+        return True

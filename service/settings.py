@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # Organisations whose hf: models are allowed (comma-separated); empty: any. With HF_TOKEN
     # set, every tenant can read what that token can: gated and private repositories too.
     hf_allowed_orgs: str = ""
+    # The most an hf: model's safetensors may weigh (GiB): a bigger one is refused from the
+    # hub's file listing, before its weights are downloaded into the worker's Hugging Face cache.
+    max_model_gb: float = Field(200, gt=0)
     cache_dir: Path = Path.home() / ".cache" / "blockprune" / "worker"
     work_dir: Path = Path(tempfile.gettempdir()) / "blockprune-jobs"
 
@@ -78,6 +81,19 @@ class Settings(BaseSettings):
     # Testing aids only: seconds a worker sleeps after each committed search iteration / score.
     debug_iteration_delay_s: float = Field(0, ge=0)
     debug_score_delay_s: float = Field(0, ge=0)
+
+    # ---- outages: waited out with backoff under a time budget, not counted as crashes -------
+    # A transient error of S3, the hub, PostgreSQL or the broker (connection refused, timeout,
+    # 5xx, throttling) is retried after backoff_s(tries) (service.backoff) while the job stays
+    # queued or running, with "retry" events naming what it waits for. Past its budget (seconds
+    # since the outage began) the job fails with dependency_unavailable.
+    outage_backoff_base_s: float = Field(0.5, gt=0)
+    outage_backoff_max_s: float = Field(30, gt=0)
+    s3_outage_budget_s: float = Field(900, ge=0)
+    hub_outage_budget_s: float = Field(900, ge=0)
+    database_outage_budget_s: float = Field(900, ge=0)
+    broker_outage_budget_s: float = Field(3600, ge=0)  # a queued job waits this long for Redis
+    outbox_poll_s: float = Field(1.0, gt=0)  # the relay's look at the outbox, when not woken
 
     # ---- the reaper (runs inside each `blockprune worker`, or alone: `blockprune reaper`) ----
     worker_runs_reaper: bool = True

@@ -210,3 +210,22 @@ class CandidateScore(Base):
     times_scored: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = _now()
+
+
+class OutboxMessage(Base):
+    """A queue message to send: written in the same transaction as the change that calls for
+    it (a job created or re-queued, a work item made), sent by the relay (service.outbox)."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(4))  # job, item
+    ref: Mapped[str] = mapped_column(String(36))  # the job's id, or the work item's
+    send_after: Mapped[datetime] = _now()
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('job', 'item')", name="outbox_kind_valid"),
+        Index("outbox_due", "send_after"),
+    )

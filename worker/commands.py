@@ -42,6 +42,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_reaper(args: argparse.Namespace) -> int:
+    from service.outbox import Relay, relay_once
     from service.settings import get_settings
     from worker.reaper import ReaperThread, reap_once
 
@@ -49,11 +50,16 @@ def run_reaper(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.once:
         print(f"re-enqueued {len(reap_once(settings))} jobs")
+        print(f"sent {relay_once(settings)} queue messages from the outbox")
         return 0
+    relay = Relay(settings)  # what the reaper re-queues goes out through the outbox
+    relay.start()
     try:
         ReaperThread(settings).run()  # in the foreground, until interrupted
     except KeyboardInterrupt:
         pass
+    finally:
+        relay.stop()
     return 0
 
 

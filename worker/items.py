@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -23,13 +22,20 @@ from sqlalchemy.orm import Session
 from contract import ErrorCode, JobSpec, JobStatus, Phase, SearchState, UserError
 from core.pipeline import PreparedJob
 from core.search import CandidateScorer
-from service import fanout, queue, transitions
+from service import fanout, outbox, transitions
+from service.backoff import worth_an_event
 from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
 from worker.job_inputs import prepare
-from worker.leases import Heartbeat, LeaseLost
+from worker.leases import Heartbeat, LeaseLost, add_outage_event
+from worker.outages import (
+    Dependency,
+    DependencyUnavailable,
+    outlasts_database_outages,
+    through_outages,
+)
 from worker.scratch import job_scratch
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,7 @@ class ItemLease:
         self.item_id, self.token, self.owner, self.lease_s = item_id, token, owner, lease_s
 
     @classmethod
+    @outlasts_database_outages
     def claim(cls, item_id: int, owner: str, lease_s: float) -> ItemLease | None:
         with transaction() as s:
             item = s.scalar(
@@ -99,24 +106,29 @@ class ItemLease:
         with transaction() as s:
             self._locked(s)
 
-    def record(self, block: tuple[str, int], ppl: float, removed_ppl: float) -> list[int]:
-        """Commit a score; the ids of the items to enqueue when it closed the iteration."""
+    @outlasts_database_outages
+    def record(self, block: tuple[str, int], ppl: float, removed_ppl: float) -> None:
+        """Commit a score, with the messages of the items it creates when it closed the
+        iteration (the next iteration's shares, or the export)."""
         with transaction() as s:
             job, item = self._locked(s)
-            new = fanout.record_score(s, job, item, block, ppl, removed_ppl, self.owner)
-            return [n.id for n in new]
+            for new in fanout.record_score(s, job, item, block, ppl, removed_ppl, self.owner):
+                outbox.add(s, "item", new.id)
 
+    @outlasts_database_outages
     def done(self) -> None:
         with transaction() as s:
             _, item = self._locked(s)
             item.status, item.lease_token, item.finished_at = "done", None, func.now()
 
+    @outlasts_database_outages
     def set_phase(self, phase: Phase) -> None:
         with transaction() as s:
             job, _ = self._locked(s)
             job.phase = phase.value
             add_event(s, job.id, "phase", phase=phase.value)
 
+    @outlasts_database_outages
     def succeed(self, artifacts: list[dict]) -> None:
         with transaction() as s:
             job, item = self._locked(s)
@@ -125,24 +137,36 @@ class ItemLease:
             transitions.finish(s, job, JobStatus.SUCCEEDED)
             item.status, item.lease_token, item.finished_at = "done", None, func.now()
 
+    @outlasts_database_outages
     def fail(self, error: dict) -> None:
         with transaction() as s:
             job, _ = self._locked(s)
             transitions.finish(s, job, JobStatus.FAILED, error=error)
             fanout.close_items(s, job.id)
 
-    def release(self) -> None:
-        """Back to the queue after a failure that may pass; the caller enqueues it again."""
+    @outlasts_database_outages
+    def release(self, delay_s: float) -> None:
+        """Back to the queue after a failure that may pass, its message sent after `delay_s`."""
         with transaction() as s:
             _, item = self._locked(s)
             item.status, item.lease_token, item.enqueued_at = "queued", None, func.now()
+            outbox.add(s, "item", item.id, delay_s)
+
+    def note_retry(
+        self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
+    ) -> None:
+        """A "retry" event on the job: this item waits out an outage (worker.outages)."""
+        if worth_an_event(tries):
+            with transaction() as s:
+                job, _ = self._locked(s)
+                add_outage_event(s, job.id, dependency, tries, waited_s, wait_s, error)
 
 
 # job id -> its model, tokens and scorer: the last job only, kept between its shares
 _loaded: dict[str, tuple[PreparedJob, CandidateScorer]] = {}
 
 
-def execute_item(item_id: int, enqueue: Callable[..., None] = queue.enqueue_item) -> None:
+def execute_item(item_id: int) -> None:
     settings = get_settings()
     owner = f"{socket.gethostname()}:{os.getpid()}"
     lease = ItemLease.claim(item_id, owner, settings.lease_s)
@@ -153,10 +177,10 @@ def execute_item(item_id: int, enqueue: Callable[..., None] = queue.enqueue_item
     )
     heartbeat.start()
     try:
-        _run(lease, heartbeat, settings, enqueue)
+        _run(lease, heartbeat, settings)
     except (LeaseLost, Stop):
         log.info("work item %s stopped: lease lost or job ended", item_id)
-    except UserError as e:
+    except (UserError, DependencyUnavailable) as e:
         log.info("work item %s: job failed: %s", item_id, e)
         try:
             lease.fail(e.to_json())
@@ -165,15 +189,15 @@ def execute_item(item_id: int, enqueue: Callable[..., None] = queue.enqueue_item
     except Exception:
         log.exception("work item %s failed", item_id)
         try:
-            lease.release()
-            enqueue(item_id, countdown=settings.retry_delay_s)
+            lease.release(settings.retry_delay_s)
         except (LeaseLost, Stop):
             pass
     finally:
         heartbeat.stop()
+        outbox.flush(settings)  # what this task queued (re-queue, shares, export) goes out now
 
 
-def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings, enqueue) -> None:
+def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
     from core.blocks import Block
 
     with transaction() as s:
@@ -185,18 +209,24 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings, enqueue) ->
         kind, iteration, candidates = item.kind, item.iteration, [tuple(c) for c in item.candidates]
         done_already = fanout.scored(s, job_id, iteration)
     prepared, scorer = _loaded.get(job_id) or keep_loaded(
-        job_id, prepare(spec, tenant_id, settings), spec
+        job_id,
+        through_outages(
+            lambda: prepare(spec, tenant_id, settings),
+            settings,
+            on_retry=lease.note_retry,
+            should_stop=heartbeat.lost.is_set,
+        ),
+        spec,
     )
     if kind == "export":
-        _export(lease, job_id, spec, state, prepared, settings)
+        _export(lease, heartbeat, job_id, spec, state, prepared, settings)
         return
     removed = [Block(r.block, r.layer) for r in state.removed]
     todo = [Block(b, layer) for b, layer in candidates if (b, layer) not in done_already]
 
     def on_score(block: Block, ppl: float) -> None:
         assert scorer.removed_ppl is not None  # the scorer's full pass comes before any score
-        for new in lease.record((block.kind, block.layer), ppl, scorer.removed_ppl):
-            enqueue(new)  # the write that closed the iteration has committed
+        lease.record((block.kind, block.layer), ppl, scorer.removed_ppl)
         _pause(settings, heartbeat)
 
     scorer.score(removed, todo, on_score=on_score, should_stop=heartbeat.lost.is_set)
@@ -214,7 +244,9 @@ def keep_loaded(
     return _loaded[job_id]
 
 
-def _export(lease: ItemLease, job_id: str, spec, state, prepared, settings: Settings) -> None:
+def _export(
+    lease: ItemLease, heartbeat: Heartbeat, job_id: str, spec, state, prepared, settings: Settings
+) -> None:
     from core.pipeline import export_job
     from service.storage import s3_client
     from worker.uploads import upload_export
@@ -224,7 +256,12 @@ def _export(lease: ItemLease, job_id: str, spec, state, prepared, settings: Sett
         lease.set_phase(Phase.EXPORTING)
         out = export_job(prepared, spec, state, work / "export")
         lease.set_phase(Phase.UPLOADING)
-        files = upload_export(s3_client(settings), settings, out, job_id)
+        files = through_outages(
+            lambda: upload_export(s3_client(settings), settings, out, job_id),
+            settings,
+            on_retry=lease.note_retry,
+            should_stop=heartbeat.lost.is_set,
+        )
         lease.succeed(files)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -52,4 +52,5 @@ def prepare(
         calibration_path=calibration_path,
         on_phase=on_phase,
         machine_budget=settings.cache_budget,
+        max_weight_bytes=int(settings.max_model_gb * 2**30),  # hf: models, before downloading
     )

@@ -22,10 +22,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import JobSpec, JobStatus, Phase, Progress, SearchState
-from service import fanout, transitions
+from service import fanout, outbox, transitions
 from service.db import transaction
 from service.jobstore import add_event
 from service.tables import Job
+from worker.outages import Dependency, outlasts_database_outages
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Lease:
 
     # ---- claiming -----------------------------------------------------------------------------
     @classmethod
+    @outlasts_database_outages
     def claim(cls, job_id: str, owner: str, lease_s: float) -> Lease | None:
         """Take the job if nobody holds a live lease on it; None when there is nothing to do
         (finished, held by another worker, cancelled, or out of attempts: those two are
@@ -103,16 +105,19 @@ class Lease:
         with transaction() as s:
             self._locked(s)
 
+    @outlasts_database_outages
     def set_phase(self, phase: Phase) -> None:
         with transaction() as s:
             job = self._locked(s)
             job.phase = phase.value
             add_event(s, self.job_id, "phase", phase=phase.value)
 
+    @outlasts_database_outages
     def set_progress(self, progress: Progress) -> None:
         with transaction() as s:
             self._locked(s).progress = progress.model_dump(mode="json")
 
+    @outlasts_database_outages
     def checkpoint(self, state: SearchState, progress: Progress) -> None:
         """Commit one finished search iteration: the engine's state, the progress and the
         iteration's event, in one transaction."""
@@ -122,6 +127,7 @@ class Lease:
             last = state.removed[-1].model_dump() if state.removed else {}
             add_event(s, self.job_id, "iteration", iteration=state.iteration, **last)
 
+    @outlasts_database_outages
     def succeed(
         self, state: SearchState, artifacts: list[dict[str, Any]], progress: Progress
     ) -> None:
@@ -132,19 +138,22 @@ class Lease:
             add_event(s, self.job_id, "uploaded", files=len(artifacts))
             transitions.finish(s, job, JobStatus.SUCCEEDED)
 
+    @outlasts_database_outages
     def fail(self, error: dict) -> None:
         with transaction() as s:
             transitions.finish(s, self._locked(s), JobStatus.FAILED, error=error)
 
+    @outlasts_database_outages
     def cancel(self) -> None:
         with transaction() as s:
             transitions.finish(
                 s, self._locked(s), JobStatus.CANCELLED, reason="stopped at a checkpoint"
             )
 
-    def start_fanout(self, plan: dict) -> list[int]:
-        """Store the plan and the first iteration's shares; the job's own lease ends here (it
-        stays running: its work items are leased from now on). Returns the items to enqueue."""
+    @outlasts_database_outages
+    def start_fanout(self, plan: dict) -> None:
+        """Store the plan and the first iteration's shares, with their messages; the job's own
+        lease ends here (it stays running: its work items are leased from now on)."""
         with transaction() as s:
             job = self._locked(s)
             job.plan = plan
@@ -152,16 +161,50 @@ class Lease:
             job.state = state.to_json()
             job.phase = Phase.SEARCHING.value
             add_event(s, self.job_id, "phase", phase=Phase.SEARCHING.value, shares=job.parallelism)
-            items = fanout.add_iteration_items(s, job, state)
+            for item in fanout.add_iteration_items(s, job, state):
+                outbox.add(s, "item", item.id)
             job.lease_token = job.lease_owner = job.lease_expires_at = None
-            return [item.id for item in items]
 
-    def release(self, reason: str, error: dict) -> bool:
+    @outlasts_database_outages
+    def release(self, reason: str, error: dict, delay_s: float) -> None:
         """Give the job back after a failure that may pass (a crash, a time limit): queued
-        again, resuming from its checkpoint, while attempts remain; failed otherwise.
-        Returns whether it was re-queued (the caller then enqueues it)."""
+        again, its message sent after `delay_s`, resuming from its checkpoint, while attempts
+        remain; failed otherwise."""
         with transaction() as s:
-            return transitions.end_of_attempt(s, self._locked(s), reason, error)
+            if transitions.end_of_attempt(s, self._locked(s), reason, error):
+                outbox.add(s, "job", self.job_id, delay_s)
+
+    def note_retry(
+        self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
+    ) -> None:
+        """A "retry" event: the job waits out an outage of `dependency` (worker.outages)."""
+        with transaction() as s:
+            self._locked(s)
+            add_outage_event(s, self.job_id, dependency, tries, waited_s, wait_s, error)
+
+
+def add_outage_event(
+    s: Session,
+    job_id: str,
+    dependency: Dependency,
+    tries: int,
+    waited_s: float,
+    wait_s: float,
+    error: Exception,
+) -> None:
+    """The "retry" event of a job waiting out an outage. It names the error's type only: its
+    message may name internal hosts."""
+    add_event(
+        s,
+        job_id,
+        "retry",
+        reason=f"{dependency.value}_unavailable",
+        waiting_for=dependency.value,
+        tries=tries,
+        waited_s=round(waited_s, 1),
+        next_try_in_s=round(wait_s, 1),
+        error=type(error).__name__,
+    )
 
 
 class Heartbeat(threading.Thread):

@@ -1,23 +1,28 @@
-"""The reaper: re-queues jobs whose worker died, re-sends lost queue messages, sends webhooks.
+"""The reaper: re-queues jobs whose worker died, re-sends lost queue messages (through the
+outbox), sends webhooks.
 
 It runs as a thread in every `blockprune worker` (and alone as `blockprune reaper`). Rows are
 taken with FOR UPDATE SKIP LOCKED, so any number of reapers can run at once.
 With the default settings (60 s lease, 10 s interval) a dead worker's job is re-queued within
 about 70 s of its last heartbeat.
+
+After a pass that failed (the database was down), leases are not judged until a lease's length
+has gone by: no worker could renew during the outage, and each gets its chance to renew before
+its job is taken for dead (a PostgreSQL restart must not cost every running job an attempt).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
 from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import LEASED_STATUSES, JobStatus
-from service import queue, transitions
+from service import outbox, queue, transitions
 from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings
@@ -26,18 +31,15 @@ from worker.webhooks import WebhookSender, deliver_due
 
 log = logging.getLogger(__name__)
 BATCH = 100
-Enqueue = Callable[[str], None]
 
 
 def reap_once(
-    settings: Settings,
-    enqueue: Enqueue = queue.enqueue,
-    enqueue_item: Callable[[int], None] = queue.enqueue_item,
-    webhooks: WebhookSender | None = None,
+    settings: Settings, webhooks: WebhookSender | None = None, judge_leases: bool = True
 ) -> list[str]:
-    """One pass; returns the ids of the jobs it enqueued (with `enqueue`). Due webhooks go to
-    `webhooks`, which sends them in its own threads; without one, they are sent before this
-    returns (`blockprune reaper --once`)."""
+    """One pass; returns the ids of the jobs it queued a message for (in the outbox). Due
+    webhooks go to `webhooks`, which sends them in its own threads; without one, they are sent
+    before this returns (`blockprune reaper --once`). `judge_leases`=False leaves expired
+    leases alone (just after a database outage)."""
     to_enqueue: list[str] = []
     with transaction() as s:
         expired = s.scalars(
@@ -46,11 +48,12 @@ def reap_once(
                 Job.status.in_([status.value for status in LEASED_STATUSES]),
                 Job.lease_expires_at < func.now(),
             )
-            .limit(BATCH)
+            .limit(BATCH if judge_leases else 0)
             .with_for_update(skip_locked=True)
         )
         for job in expired:
             if transitions.end_of_attempt(s, job, "lease_expired"):
+                outbox.add(s, "job", job.id)
                 to_enqueue.append(job.id)
         waited_since = func.now() - timedelta(seconds=settings.queued_requeue_after_s)
         stale = s.scalars(
@@ -61,16 +64,14 @@ def reap_once(
         )
         for job in stale:
             transitions.mark_enqueued(job)  # checked now: the next check waits anew
-            if queue.message_waiting("job", job.id):
+            if outbox.pending(s, "job", job.id) or queue.message_waiting("job", job.id):
                 continue  # its message waits behind others: sending another only adds to them
             # its message was lost (Redis restarted empty, the send failed): send again
             add_event(s, job.id, "requeued", reason="queued_too_long")
+            outbox.add(s, "job", job.id)
             to_enqueue.append(job.id)
-        items = _reap_items(s, waited_since)
-    for job_id in to_enqueue:
-        enqueue(job_id)
-    for item_id in items:
-        enqueue_item(item_id)
+        for item_id in _reap_items(s, waited_since, judge_leases):
+            outbox.add(s, "item", item_id)
     if webhooks is not None:
         webhooks.submit_due()
     else:
@@ -78,13 +79,13 @@ def reap_once(
     return to_enqueue
 
 
-def _reap_items(s: Session, waited_since) -> list[int]:
+def _reap_items(s: Session, waited_since, judge_leases: bool) -> list[int]:
     """Work items of fanned-out jobs, as jobs: an expired lease puts the item back in the queue
     (its claim counts the attempts), a message that waited too long is sent again."""
     expired = s.scalars(
         select(WorkItem)
         .where(WorkItem.status == "running", WorkItem.lease_expires_at < func.now())
-        .limit(BATCH)
+        .limit(BATCH if judge_leases else 0)
         .with_for_update(skip_locked=True)
     )
     resend = []
@@ -102,7 +103,7 @@ def _reap_items(s: Session, waited_since) -> list[int]:
     )
     for item in stale:
         item.enqueued_at = func.now()
-        if not queue.message_waiting("item", str(item.id)):
+        if not (outbox.pending(s, "item", item.id) or queue.message_waiting("item", str(item.id))):
             resend.append(item.id)
     return resend
 
@@ -115,12 +116,16 @@ class ReaperThread(threading.Thread):
 
     def run(self) -> None:
         webhooks = WebhookSender(self.settings)  # a slow receiver holds its threads, not ours
+        judge_from = 0.0  # monotonic time from which expired leases are judged
         try:
             while not self._stopped.wait(self.settings.reaper_interval_s):
                 try:
-                    reap_once(self.settings, webhooks=webhooks)
+                    judge = time.monotonic() >= judge_from
+                    reap_once(self.settings, webhooks=webhooks, judge_leases=judge)
                 except Exception:  # a database or broker blip: try again next round
-                    log.exception("reaper pass failed")
+                    log.warning("reaper pass failed", exc_info=True)
+                    # a lease's length: every live worker renews within it once it is back
+                    judge_from = time.monotonic() + self.settings.lease_s
         finally:
             webhooks.close()
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -20,13 +19,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
 from core.pipeline import PreparedJob, export_job
 from core.search import run_search
-from service import fanout, queue
-from service.queue import enqueue_item
+from service import fanout, outbox
+from service.backoff import worth_an_event
 from service.settings import Settings, get_settings
 from service.storage import s3_client
 from worker import items
 from worker.job_inputs import prepare
 from worker.leases import Heartbeat, Lease, LeaseLost
+from worker.outages import Dependency, DependencyUnavailable, through_outages
 from worker.scratch import job_scratch
 from worker.uploads import upload_export
 
@@ -62,9 +62,15 @@ class Reporter:
     def should_stop(self) -> bool:
         return self.heartbeat.lost.is_set() or self.lease.cancel_requested
 
+    def outage(
+        self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
+    ) -> None:
+        if worth_an_event(tries):
+            self.lease.note_retry(dependency, tries, waited_s, wait_s, error)
 
-def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> None:
-    """Run job `job_id` if it is ours to run; `enqueue` re-sends it after a passing failure."""
+
+def execute_job(job_id: str) -> None:
+    """Run job `job_id` if it is ours to run."""
     settings = get_settings()
     lease = Lease.claim(job_id, f"{socket.gethostname()}:{os.getpid()}", settings.lease_s)
     if lease is None:
@@ -74,35 +80,42 @@ def execute_job(job_id: str, enqueue: Callable[..., None] = queue.enqueue) -> No
     heartbeat.start()
     work = job_scratch(settings, job_id)
     try:
-        _run(lease, heartbeat, settings, work, enqueue)
+        _run(lease, heartbeat, settings, work)
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
+    except DependencyUnavailable as e:
+        log.warning("job %s failed: %s", job_id, e)
+        _fail_unless_lease_lost(lease, e.to_json())
     except UserError as e:
         log.info("job %s failed: %s", job_id, e)
         _fail_unless_lease_lost(lease, _for_tenant(e, lease, settings, work).to_json())
     except SoftTimeLimitExceeded:
         message = "the attempt ran past the worker's time limit; it resumes from its checkpoint"
-        _retry(lease, settings, enqueue, ErrorCode.TIME_LIMIT, message)
+        _retry(lease, settings, ErrorCode.TIME_LIMIT, message)
     except Exception:
         # The tenant gets a code and a sentence; the exception (which may name internal hosts,
         # paths or buckets) goes to this worker's log with the job id.
         log.exception("job %s: attempt %d failed", job_id, lease.attempt)
         message = "an internal error interrupted the attempt; it is retried while attempts remain"
-        _retry(lease, settings, enqueue, ErrorCode.INTERNAL_ERROR, message)
+        _retry(lease, settings, ErrorCode.INTERNAL_ERROR, message)
     finally:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
+        outbox.flush(settings)  # what this task queued (re-queue, shares, export) goes out now
 
 
-def _run(
-    lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path, enqueue: Callable
-) -> None:
+def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> None:
     spec = lease.spec
     reporter = Reporter(lease, heartbeat, settings)
     reporter.phase(Phase.LOADING)
-    prepared = prepare(spec, lease.tenant_id, settings, on_phase=reporter.phase)
+    prepared = through_outages(
+        lambda: prepare(spec, lease.tenant_id, settings, on_phase=reporter.phase),
+        settings,
+        on_retry=reporter.outage,
+        should_stop=reporter.should_stop,
+    )
     if lease.parallelism > 1:
-        _fan_out(lease, prepared, enqueue)
+        _fan_out(lease, prepared)
         return
     reporter.phase(Phase.SEARCHING)
     state = run_search(
@@ -127,12 +140,17 @@ def _run(
         lease.cancel()
         return
     reporter.phase(Phase.UPLOADING)
-    files = upload_export(s3_client(settings), settings, out, lease.job_id)
+    files = through_outages(
+        lambda: upload_export(s3_client(settings), settings, out, lease.job_id),
+        settings,
+        on_retry=reporter.outage,
+        should_stop=reporter.should_stop,
+    )
     done = state.iteration  # a finished job's progress is whole, whatever its target
     lease.succeed(state, files, Progress(iteration=done, total_iterations=done))
 
 
-def _fan_out(lease: Lease, prepared: PreparedJob, enqueue: Callable) -> None:
+def _fan_out(lease: Lease, prepared: PreparedJob) -> None:
     """Plan the job's search over `parallelism` shares per iteration and hand it to the work
     items (worker.items); this worker keeps the model loaded for the shares it takes."""
     bm = prepared.bm
@@ -144,8 +162,7 @@ def _fan_out(lease: Lease, prepared: PreparedJob, enqueue: Callable) -> None:
         bm.num_layers,
     )
     items.keep_loaded(lease.job_id, prepared, lease.spec)
-    for item_id in lease.start_fanout(plan):
-        enqueue_item(item_id)
+    lease.start_fanout(plan)
 
 
 def _for_tenant(e: UserError, lease: Lease, settings: Settings, work: Path) -> UserError:
@@ -164,13 +181,9 @@ def _fail_unless_lease_lost(lease: Lease, error: dict) -> None:
         log.warning("job %s: lease lost before its failure could be written", lease.job_id)
 
 
-def _retry(
-    lease: Lease, settings: Settings, enqueue: Callable[..., None], code: ErrorCode, message: str
-) -> None:
+def _retry(lease: Lease, settings: Settings, code: ErrorCode, message: str) -> None:
     """A failure that may pass: the job goes back to the queue while attempts remain."""
     try:
-        requeued = lease.release(code.value, {"code": code.value, "message": message})
+        lease.release(code.value, {"code": code.value, "message": message}, settings.retry_delay_s)
     except LeaseLost:
-        return
-    if requeued:
-        enqueue(lease.job_id, countdown=settings.retry_delay_s)
+        pass

@@ -1,5 +1,6 @@
 """The worker process: the Celery task that runs a job, and the process's lifecycle hooks
-(preload the engine, fresh database connections after fork, the reaper thread).
+(preload the engine, fresh database connections after fork, the reaper and outbox relay
+threads).
 
 The task is thin: it hands the job id to worker.runner, which does the work.
 """
@@ -11,7 +12,8 @@ import logging
 from celery import signals
 
 from service.db import reset_engine
-from service.queue import RUN_ITEM_TASK, RUN_JOB_TASK, celery_app, message_received
+from service.outbox import Relay
+from service.queue import RUN_ITEM_TASK, RUN_JOB_TASK, celery_app, first_receipt, message_received
 from service.settings import get_settings
 from worker.items import execute_item
 from worker.reaper import ReaperThread
@@ -22,19 +24,22 @@ log = logging.getLogger(__name__)
 app = celery_app()
 
 
-@app.task(name=RUN_JOB_TASK)
-def run_job(job_id: str) -> None:
+@app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self, job_id: str) -> None:
     message_received("job", job_id)
-    execute_job(job_id)
+    if first_receipt(self.request.id):  # a duplicate of a message already received: dropped
+        execute_job(job_id)
 
 
-@app.task(name=RUN_ITEM_TASK)
-def run_item(item_id: int) -> None:
+@app.task(name=RUN_ITEM_TASK, bind=True)
+def run_item(self, item_id: int) -> None:
     message_received("item", str(item_id))
-    execute_item(item_id)
+    if first_receipt(self.request.id):
+        execute_item(item_id)
 
 
 _reaper: ReaperThread | None = None
+_relay: Relay | None = None
 
 
 @signals.worker_init.connect
@@ -57,8 +62,10 @@ def _forked_child(**_) -> None:
 
 @signals.worker_ready.connect
 def _start_reaper(**_) -> None:
-    global _reaper
+    global _reaper, _relay
     settings = get_settings()
+    _relay = Relay(settings)  # the pool's commits leave messages in the outbox: send them
+    _relay.start()
     if settings.worker_runs_reaper:
         _reaper = ReaperThread(settings)
         _reaper.start()
@@ -67,5 +74,6 @@ def _start_reaper(**_) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_reaper(**_) -> None:
-    if _reaper is not None:
-        _reaper.stop()
+    for thread in (_reaper, _relay):
+        if thread is not None:
+            thread.stop()

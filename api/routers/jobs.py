@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import RelayDep, SessionDep, SettingsDep, TenantDep
 from api.errors import ERROR_RESPONSES, ApiError, check_id, not_found
 from api.schemas import (
     ArtifactFile,
@@ -20,7 +20,7 @@ from api.schemas import (
 )
 from contract import ErrorCode, JobStatus, UserError
 from contract.spec import check_clean_text
-from service import jobstore, queue, transitions
+from service import jobstore, outbox, transitions
 from service.fit import check_bounds, check_fits
 from service.inputs import resolve_input
 from service.storage import presigned_url, s3_client
@@ -36,7 +36,7 @@ def create_job(
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
-    background: BackgroundTasks,
+    relay: RelayDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobView:
     """Queue a job. With an `Idempotency-Key`, a retry returns the job the first call made
@@ -81,11 +81,12 @@ def create_job(
             f"this Idempotency-Key was used for job {e} with a different request body",
             field="Idempotency-Key",
         ) from None
+    if created:
+        outbox.add(session, "job", job.id)  # committed with the job: its message is on the way
     session.commit()
     if created:
-        # After the response: a broker that is down or hung never holds up the POST (the job
-        # is committed; the reaper sends a message that could not be sent).
-        background.add_task(_enqueue, job.id)
+        if relay is not None:
+            relay.kick()  # sent from the relay's thread: a down or hung broker never holds a POST
     else:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -97,13 +98,6 @@ def _clean(field: str, value: str) -> None:
         check_clean_text(value)
     except ValueError as e:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, f"{field}: {e}", field=field) from None
-
-
-def _enqueue(job_id: str) -> None:
-    try:
-        queue.enqueue(job_id)
-    except Exception:  # the job is safe in PostgreSQL; the reaper re-sends lost messages
-        log.exception("could not enqueue job %s; the reaper will", job_id)
 
 
 @router.get("", response_model=JobList)

@@ -132,14 +132,14 @@ def hostile_stack(service, workers, key_a, s3_server):
     from service import queue
 
     workers.stop()
-    original, queue.enqueue = queue.enqueue, lambda *a, **k: None
+    original, queue.send = queue.send, lambda *a, **k: None
     body = {"model": "builtin:smollm2-135m", "calibration": "builtin:stdlib-docs", "num_blocks": 1}
     for _ in range(3):
         REAL_IDS.append(service.post("/v1/jobs", json=body, headers=key_a).json()["id"])
     files = {"kind": "calibration", "files": [{"name": "t.txt", "size": 3}]}
     REAL_IDS.append(service.post("/v1/uploads", json=files, headers=key_a).json()["id"])
     yield key_a
-    queue.enqueue = original
+    queue.send = original
 
 
 def check_response(response) -> None:

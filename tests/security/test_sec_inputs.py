@@ -91,7 +91,7 @@ def test_the_worker_refuses_a_foreign_input_too(service, workers, key_a, tiny_ll
             request_hash="direct",
             max_attempts=2,
         )
-    queue.enqueue(job.id)
+    queue.send("job", job.id)
     job = wait_for(service, key_a, job.id, timeout=60)
     assert job["status"] == "failed" and job["attempts"] == 1
     assert job["error"]["code"] == "input_not_allowed" and job["error"]["field"] == "model"

@@ -59,11 +59,11 @@ def _finished_job(key_headers, service, webhook_url: str) -> str:
         "num_blocks": 1,
         "webhook_url": webhook_url,
     }
-    original, queue.enqueue = queue.enqueue, lambda *a, **k: None  # nobody runs it
+    original, queue.send = queue.send, lambda *a, **k: None  # nobody runs it
     try:
         job_id = service.post("/v1/jobs", json=body, headers=key_headers).json()["id"]
     finally:
-        queue.enqueue = original
+        queue.send = original
     service.post(f"/v1/jobs/{job_id}/cancel", headers=key_headers)
     return job_id
 
@@ -129,7 +129,7 @@ def test_a_rebinding_name_cannot_reach_a_private_address(quiet, service, key_a, 
         webhooks.check_target("http://mixed.test/hook", allow_private=False)
 
 
-def test_a_slow_drip_receiver_stalls_neither_the_reaper_nor_the_database(quiet, service, key_a):
+def test_a_slow_drip_receiver_stalls_neither_the_reaper_nor_the_database(sent, service, key_a):
     """A receiver that drips a byte every 0.5 s: the reaper's pass returns at once and still
     re-queues a job whose lease expired; the attempt ends at its deadline, holding no lock."""
     from contract import JobSpec
@@ -161,12 +161,11 @@ def test_a_slow_drip_receiver_stalls_neither_the_reaper_nor_the_database(quiet, 
     assert Lease.claim(stuck.id, "a-worker-that-dies", lease_s=0.1) is not None
     time.sleep(0.3)  # its lease expires
     sender = WebhookSender(settings)
-    sent: list[str] = []
     try:
         started = time.monotonic()
-        requeued = reap_once(settings, enqueue=sent.append, webhooks=sender)
+        requeued = reap_once(settings, webhooks=sender)
         reaper_pass = time.monotonic() - started
-        assert stuck.id in requeued and sent.count(stuck.id) == 1
+        assert stuck.id in requeued and sent.flush().count(stuck.id) == 1
         assert reaper_pass < 1.0, reaper_pass  # the drip is the sender's thread's problem
         # While the attempt drips, the delivery row is not locked: other writers go on.
         with transaction() as s:

@@ -193,3 +193,27 @@ def new_job(database):
             return job.id
 
     return make
+
+
+class Sent(list):
+    """The queue messages this process sent, as (kind, ref) pairs, instead of a broker."""
+
+    def flush(self) -> list[str]:
+        """Relay the outbox now; the refs of every message sent so far."""
+        from service.outbox import relay_once
+        from service.settings import get_settings
+
+        relay_once(get_settings())
+        return [ref for _, ref in self]
+
+
+@pytest.fixture
+def sent(workers, monkeypatch) -> Sent:
+    """No test worker (its reaper and relay act on their own schedule), and the messages this
+    process's relays send, recorded instead of sent."""
+    from service import queue
+
+    workers.stop()
+    record = Sent()
+    monkeypatch.setattr(queue, "send", lambda kind, ref, task_id=None: record.append((kind, ref)))
+    return record

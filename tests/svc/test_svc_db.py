@@ -1,5 +1,5 @@
 """Migrations, the keys command, and the lease protocol (claim, fencing, reaper) on the real
-database. The reaper's enqueue is captured here, so no worker runs these jobs."""
+database. The queue messages are recorded (the `sent` fixture), so no worker runs these jobs."""
 
 from __future__ import annotations
 
@@ -68,12 +68,6 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(service, datab
     assert any(key.startswith(row.prefix) for row in stored)
 
 
-@pytest.fixture
-def enqueued() -> list[str]:
-    """What the reaper sends (its `enqueue`), instead of a broker."""
-    return []
-
-
 def _expire_lease(job_id: str) -> None:
     from service.db import transaction
 
@@ -92,7 +86,7 @@ def _job(job_id: str):
         return s.get(Job, job_id)
 
 
-def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
+def test_lease_fences_a_worker_that_lost_it(new_job, sent):
     from contract import Progress, RemovedBlock, SearchState
     from service.settings import get_settings
     from worker.leases import Lease, LeaseLost
@@ -106,8 +100,8 @@ def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
     old.checkpoint(one, Progress(iteration=1))
 
     _expire_lease(job_id)  # worker-1 stalls past its lease
-    assert reap_once(get_settings(), enqueue=enqueued.append) == [job_id]
-    assert enqueued == [job_id]
+    assert reap_once(get_settings()) == [job_id]
+    assert sent.flush() == [job_id]
     job = _job(job_id)
     assert job.status == "queued" and job.lease_token is None and job.state["iteration"] == 1
 
@@ -125,7 +119,8 @@ def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
 
     # Out of attempts: the reaper fails the job instead of re-queueing it, and queues its webhook.
     _expire_lease(job_id)
-    assert reap_once(get_settings(), enqueue=enqueued.append) == []
+    assert reap_once(get_settings()) == []
+    assert sent.flush() == [job_id]  # nothing more sent
     job = _job(job_id)
     assert job.status == "failed" and job.error["code"] == "attempts_exhausted"
     with pytest.raises(LeaseLost):
@@ -139,7 +134,7 @@ def test_lease_fences_a_worker_that_lost_it(new_job, enqueued):
     assert [h.payload["type"] for h in hooks] == ["job.failed"]
 
 
-def test_claim_honours_cancel_and_release_requeues(new_job, enqueued):
+def test_claim_honours_cancel_and_release_requeues(new_job, sent):
     from service.db import transaction
     from service.tables import Job
     from service.transitions import request_cancel
@@ -147,8 +142,9 @@ def test_claim_honours_cancel_and_release_requeues(new_job, enqueued):
 
     job_id = new_job(max_attempts=3)
     lease = Lease.claim(job_id, "worker-1", lease_s=60)
-    assert lease.release("error", {"code": "internal_error", "message": "boom"}) is True
+    lease.release("error", {"code": "internal_error", "message": "boom"}, delay_s=0)
     assert _job(job_id).status == "queued"
+    assert sent.flush() == [job_id]  # its message went with it
 
     lease = Lease.claim(job_id, "worker-1", lease_s=60)
     with transaction() as s:
