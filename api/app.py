@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import error_code_table, install_error_handlers
-from api.limits import BodyLimit
+from api.limits import BodyLimit, InFlightLimit
 from api.routers import health, jobs, tenant, uploads
 from contract import __version__
 from service.outbox import Relay
@@ -32,6 +32,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     relay = Relay(get_settings())
     relay.start()
     app.state.relay = relay
+
     try:
         yield
     finally:
@@ -51,6 +52,9 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(uploads.router, prefix="/v1")
     app.include_router(tenant.router, prefix="/v1")
+    settings = get_settings()
+    # One pooled connection per request inside, one for the outbox relay (api.limits).
+    app.add_middleware(InFlightLimit, limit=max(1, settings.db_pool_capacity() - 1))
     # Outermost: a body over the limit never reaches authentication or the JSON parser.
-    app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -3,7 +3,7 @@ outbox relay."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,10 +20,19 @@ from service.settings import Settings, get_settings
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _session() -> Iterator[Session]:
-    """A session per request; handlers that write call session.commit() before answering."""
-    with Session(get_engine(), expire_on_commit=False) as session:
+async def _session() -> AsyncIterator[Session]:
+    """A session per request; handlers that write call session.commit() before answering.
+
+    Async on purpose: opening a Session does no I/O, and closing it (a ROLLBACK of a read-only
+    transaction, the connection back to the pool) runs here on the event loop instead of in the
+    threadpool. Closed from a pool thread, as a sync dependency is, every thread could be busy
+    waiting for a pooled connection that only a close (needing a thread) would free: under load
+    (bench/load.py, 200 GET/s) requests hung until the pool's 30 s timeout."""
+    session = Session(get_engine(), expire_on_commit=False)
+    try:
         yield session
+    finally:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(_session)]
@@ -43,7 +52,11 @@ def _tenant(
             headers=_UNAUTHORIZED,
         )
     tenant_id = tenant_for_key(session, credentials.credentials)
-    session.commit()  # the key's last use; nothing else is written yet
+    # Commit the key's last use, if it was written, and in any case end the transaction: the
+    # connection goes back to the pool before the route waits for a thread. Held across that
+    # wait, every pooled connection could sit with a request queued for a thread while every
+    # thread waits for a connection (a deadlock bench/load.py hit at 200 GET/s).
+    session.commit()
     if tenant_id is None:
         raise ApiError(401, ErrorCode.UNAUTHENTICATED, "invalid API key", headers=_UNAUTHORIZED)
     return tenant_id

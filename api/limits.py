@@ -57,3 +57,26 @@ class BodyLimit:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+class InFlightLimit:
+    """At most `limit` requests inside the app at once; the others wait here, on the event loop,
+    holding neither a thread nor a database connection.
+
+    A request uses one pooled connection at a time, but holds it across threadpool hops (a sync
+    route, then its response's validation). With more requests inside than connections, every
+    pool thread could wait for a connection while every connection waits, with its request, for
+    a thread: bench/load.py at 200 GET/s hung requests until the pool's 30 s timeout. With at
+    most as many requests inside as the pool has connections, none waits for one."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        import asyncio
+
+        self.app, self.slots = app, asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        async with self.slots:
+            await self.app(scope, receive, send)

@@ -1,6 +1,7 @@
 """A service stack of our own for the benches: a fresh database on the local PostgreSQL
-(migrated), a queue of its own on the local Redis, an API key, `blockprune api` on a free port,
-and workers on demand. Everything is removed on exit."""
+(migrated), a queue of its own on the local Redis, an S3 (moto's server, in this process) with
+a bucket, an API key, `blockprune api` on a free port, and workers on demand. Everything is
+removed on exit."""
 
 from __future__ import annotations
 
@@ -32,20 +33,39 @@ class SelfHosted:
         self.db = f"blockprune_bench_{uuid.uuid4().hex[:8]}"
         self.queue = f"blockprune-bench-{uuid.uuid4().hex[:8]}"
         base = admin_dsn.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0]
+        self.s3_port = free_port()
         self.env = {
             **os.environ,
             "BLOCKPRUNE_DATABASE_URL": f"{base}/{self.db}",
             "BLOCKPRUNE_BROKER_URL": broker,
             "BLOCKPRUNE_QUEUE": self.queue,
-            "BLOCKPRUNE_S3_BUCKET": "unused",
+            "BLOCKPRUNE_S3_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_port}",
+            "BLOCKPRUNE_S3_BUCKET": "bench",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
             **{f"BLOCKPRUNE_{k.upper()}": v for k, v in settings.items()},
         }
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
     def __enter__(self) -> SelfHosted:
-        import psycopg
+        import logging
 
+        import boto3
+        import psycopg
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
+        self.s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=self.s3_port, verbose=False)
+        self.s3.start()
+        boto3.client(
+            "s3",
+            endpoint_url=self.env["BLOCKPRUNE_S3_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        ).create_bucket(Bucket="bench")
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.db}"')
         self.cli("db", "upgrade")
@@ -106,6 +126,7 @@ class SelfHosted:
         if self.api is not None:
             self.api.terminate()
             self.api.wait(10)
+        self.s3.stop()
         redis.Redis.from_url(self.broker).delete(self.queue)
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{self.db}" WITH (FORCE)')

@@ -16,7 +16,13 @@ _engine: Engine | None = None
 def get_engine() -> Engine:
     global _engine
     if _engine is None:
-        _engine = create_engine(get_settings().database_url, pool_pre_ping=True)
+        settings = get_settings()
+        _engine = create_engine(
+            settings.database_url,
+            pool_pre_ping=True,  # a connection PostgreSQL dropped (a restart) is replaced
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
     return _engine
 
 

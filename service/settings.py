@@ -19,6 +19,12 @@ class Settings(BaseSettings):
 
     # ---- where things live ------------------------------------------------------------------
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    # Connections per process, opened as needed and then kept: the pool, and what it may open
+    # beyond it (each closed again when returned: a new PostgreSQL connection costs a backend
+    # process, so churning them under load costs more than keeping them). The API admits as
+    # many requests at once as the two allow (api.limits.InFlightLimit).
+    db_pool_size: int = Field(20, ge=1)
+    db_max_overflow: int = Field(0, ge=0)
     broker_url: str = "redis://127.0.0.1:6379/0"
     queue: str = "blockprune"
     s3_endpoint_url: str | None = None  # None = AWS S3
@@ -125,6 +131,9 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, v: Path) -> Path:
         return v.expanduser()
+
+    def db_pool_capacity(self) -> int:
+        return self.db_pool_size + self.db_max_overflow
 
     def shared_prefixes(self) -> list[str]:
         return [p.strip().lstrip("/") for p in self.s3_shared_prefixes.split(",") if p.strip()]

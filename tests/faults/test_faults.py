@@ -132,6 +132,27 @@ def test_redis_down_at_submit(stack, tiny, reference):
     assert _rows(stack, "SELECT count(*) FROM outbox WHERE ref = %s", job_id)[0][0] == 0
 
 
+def test_redis_restarted_with_the_message_queued(stack, tiny, reference):
+    """The job's message was sent and waits in Redis when Redis restarts empty: the reaper
+    finds the job queued too long with no message waiting, and sends it again."""
+    stack.stop_worker()
+    job_id = _submit(stack, stack.inputs("redis-lost-message", *tiny))
+    wait_until(
+        lambda: not _rows(stack, "SELECT 1 FROM outbox WHERE ref = %s", job_id),
+        timeout=30,
+        what="the message sent",
+    )
+    stack.redis.restart(down_s=0.5)  # the queued message is gone
+    back = time.monotonic()
+    stack.start_worker()
+    _succeeded_identical(stack, _final(stack, job_id), reference)
+    _recovered("redis restarted with the message queued", back)
+    with _client(stack) as c:
+        assert [e["data"]["reason"] for e in events(c, stack.headers, job_id, "requeued")] == [
+            "queued_too_long"
+        ]
+
+
 def test_postgres_restarted_mid_job(stack, tiny, reference):
     # The reaper looks more often than the heartbeat renews: once PostgreSQL is back, it sees
     # the expired lease before the worker can renew it (the race a long outage sets up).

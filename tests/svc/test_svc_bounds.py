@@ -105,3 +105,28 @@ def test_tenant_quota_counts_queued_and_running_jobs(service, database):
     room = submit(service, headers, {"tenant_max_active_jobs": 2}, body)
     assert room.status_code == 201, room.text
     service.post(f"/v1/jobs/{room.json()['id']}/cancel", headers=headers)
+
+
+def test_no_more_requests_inside_the_app_than_the_pool_has_connections():
+    """InFlightLimit: the others wait outside (on the event loop), holding nothing."""
+    import asyncio
+
+    from api.limits import InFlightLimit
+
+    inside, most = 0, 0
+
+    async def app(scope, receive, send):
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        await asyncio.sleep(0.01)
+        inside -= 1
+
+    limited = InFlightLimit(app, limit=3)
+
+    async def burst():
+        await asyncio.gather(*(limited({"type": "http"}, None, None) for _ in range(20)))
+        await limited({"type": "lifespan"}, None, None)  # not an HTTP request: not counted
+
+    asyncio.run(burst())
+    assert most == 3 and inside == 0
