@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 4))
 
 
 def add_api_commands(subparsers: argparse._SubParsersAction) -> None:
     api = subparsers.add_parser("api", help="serve the REST API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    # More processes serve more requests where cores are free (a request's work is Python,
-    # held by the GIL); on the 2-core dev machine, shared with the load, 2 did not beat 1.
-    api.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    # A request's work is Python, held by the GIL: about 4 to 5 ms of CPU per GET, so one
+    # process tops out near 200 requests/s. One process per core, up to 4 (each keeps up to
+    # BLOCKPRUNE_DB_POOL_SIZE connections): on the 2-core dev machine at 200 GET/s, p99 went
+    # from 114 to 490 ms with 1 to 27 and 55 ms with 2 (bench/load.py, docs/service.md).
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"API processes (default: one per core, at most 4; here {DEFAULT_WORKERS})",
+    )
     api.set_defaults(func=serve_api)
 
 

@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--post-rate", type=float, default=50, help="POST requests per second")
     ap.add_argument("--duration", type=float, default=30, help="seconds per kind of request")
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight, at most")
+    ap.add_argument("--api-workers", type=int, help="blockprune api --workers (default: its own)")
     ap.add_argument("--warmup", type=float, default=3, help="seconds of GET first, not measured")
     ap.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator")
     ap.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -182,7 +183,12 @@ def main() -> None:
         results = asyncio.run(run_all(url, args.key, args))
     else:
         # the load, not the quota, is measured
-        with SelfHosted(args.admin_dsn, args.broker, tenant_max_active_jobs="1000000") as stack:
+        with SelfHosted(
+            args.admin_dsn,
+            args.broker,
+            api_workers=args.api_workers,
+            tenant_max_active_jobs="1000000",
+        ) as stack:
             url = stack.url
             results = asyncio.run(run_all(url, stack.key, args))
     print(

@@ -27,8 +27,12 @@ def free_port() -> int:
 
 
 class SelfHosted:
-    def __init__(self, admin_dsn: str, broker: str, **settings: str) -> None:
-        """`settings`: more BLOCKPRUNE_* variables (without the prefix), e.g. lease_s="4"."""
+    def __init__(
+        self, admin_dsn: str, broker: str, api_workers: int | None = None, **settings: str
+    ) -> None:
+        """`settings`: more BLOCKPRUNE_* variables (without the prefix), e.g. lease_s="4";
+        `api_workers`: `blockprune api --workers` (None: its default)."""
+        self.api_workers = api_workers
         self.admin_dsn, self.broker = admin_dsn, broker
         self.db = f"blockprune_bench_{uuid.uuid4().hex[:8]}"
         self.queue = f"blockprune-bench-{uuid.uuid4().hex[:8]}"
@@ -72,7 +76,8 @@ class SelfHosted:
         self.key = self.cli("keys", "create", "--tenant", "bench").strip().splitlines()[-1]
         port = free_port()
         self.api = subprocess.Popen(
-            [*CLI, "api", "--host", "127.0.0.1", "--port", str(port)],
+            [*CLI, "api", "--host", "127.0.0.1", "--port", str(port)]
+            + (["--workers", str(self.api_workers)] if self.api_workers else []),
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
