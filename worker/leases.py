@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from contract import JobSpec, JobStatus, Phase, Progress, SearchState
 from service import fanout, outbox, transitions
+from service.backoff import worth_an_event
 from service.db import transaction
 from service.jobstore import add_event
 from service.tables import Job
@@ -177,7 +178,10 @@ class Lease:
     def note_retry(
         self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
     ) -> None:
-        """A "retry" event: the job waits out an outage of `dependency` (worker.outages)."""
+        """A "retry" event: the job waits out an outage of `dependency` (worker.outages), at
+        tries 1, 2, 4, 8... (service.backoff.worth_an_event)."""
+        if not worth_an_event(tries):
+            return
         with transaction() as s:
             self._locked(s)
             add_outage_event(s, self.job_id, dependency, tries, waited_s, wait_s, error)

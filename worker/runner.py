@@ -20,13 +20,12 @@ from contract import ErrorCode, Phase, Progress, SearchState, UserError
 from core.pipeline import PreparedJob, export_job
 from core.search import run_search
 from service import fanout, outbox
-from service.backoff import worth_an_event
 from service.settings import Settings, get_settings
 from service.storage import s3_client
 from worker import items
 from worker.job_inputs import prepare
 from worker.leases import Heartbeat, Lease, LeaseLost
-from worker.outages import Dependency, DependencyUnavailable, through_outages
+from worker.outages import DependencyUnavailable, through_outages
 from worker.scratch import job_scratch
 from worker.uploads import upload_export
 
@@ -61,12 +60,6 @@ class Reporter:
 
     def should_stop(self) -> bool:
         return self.heartbeat.lost.is_set() or self.lease.cancel_requested
-
-    def outage(
-        self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
-    ) -> None:
-        if worth_an_event(tries):
-            self.lease.note_retry(dependency, tries, waited_s, wait_s, error)
 
 
 def execute_job(job_id: str) -> None:
@@ -111,7 +104,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     prepared = through_outages(
         lambda: prepare(spec, lease.tenant_id, settings, on_phase=reporter.phase),
         settings,
-        on_retry=reporter.outage,
+        on_retry=lease.note_retry,
         should_stop=reporter.should_stop,
     )
     if lease.parallelism > 1:
@@ -143,7 +136,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     files = through_outages(
         lambda: upload_export(s3_client(settings), settings, out, lease.job_id),
         settings,
-        on_retry=reporter.outage,
+        on_retry=lease.note_retry,
         should_stop=reporter.should_stop,
     )
     done = state.iteration  # a finished job's progress is whole, whatever its target

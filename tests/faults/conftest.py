@@ -11,9 +11,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from svc.helpers import REPO, WorkerProcess, free_port, make_tokenizer, upload_dir, wait_until
+from svc.helpers import (
+    REPO,
+    FlakyProxy,
+    WorkerProcess,
+    free_port,
+    make_tokenizer,
+    upload_dir,
+    wait_until,
+)
 
-from .services import Gate, PrivatePostgres, PrivateRedis
+from .services import PrivatePostgres, PrivateRedis
 
 BUCKET = "faults"
 
@@ -28,7 +36,7 @@ class Stack:
         self.moto_port = free_port()
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
         self.moto.start()
-        self.gate = Gate(self.moto_port)
+        self.gate = FlakyProxy(self.moto_port)  # S3 down: gate.shut(); back: gate.open()
         self.api_port = free_port()
         self.env = {
             "BLOCKPRUNE_DATABASE_URL": self.pg.url,

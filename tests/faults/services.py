@@ -1,7 +1,7 @@
 """Private copies of the services, started and stopped by the fault tests themselves: a
 PostgreSQL cluster (initdb + pg_ctl, run as the `postgres` user when the tests run as root:
-initdb refuses root), a redis-server, and a gate in front of the moto S3 server that can be shut
-(connections refused) and opened again. Ports are free ones; the machine's shared PostgreSQL and
+initdb refuses root) and a redis-server. (S3 is moto behind svc.helpers.FlakyProxy, which can be
+shut and opened again.) Ports are free ones; the machine's shared PostgreSQL and
 Redis are never touched."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -124,64 +123,3 @@ class PrivateRedis:
         self.start()
 
     close = stop
-
-
-class Gate:
-    """A TCP proxy in front of `target_port` that can be shut: shut, it refuses connections and
-    cuts the ones in flight (S3 down); opened, it forwards again on the same port."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port, self.port = target_port, free_port()
-        self.server: socket.socket | None = None
-        self.live: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.open()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def open(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
-
-    def shut(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        with self.lock:
-            for conn in list(self.live):
-                _close(conn)
-            self.live.clear()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.live.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                _close(s)
-            with self.lock:
-                self.live.difference_update((source, sink))
-
-
-def _close(s: socket.socket) -> None:
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    s.close()

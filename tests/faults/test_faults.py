@@ -21,10 +21,17 @@ pytestmark = pytest.mark.slow
 ITERATION_DELAY_S = 0.6  # per committed iteration: time to strike mid-job
 
 
-def _recovered(what: str, since: float) -> None:
-    """How long the job took to end once the fault was lifted (shown with `pytest -s`; the
+def _recovers(
+    stack, job_id: str, reference: list, what: str, since: float | None = None, attempts=1
+) -> dict:
+    """The job ends identical to the undisturbed run (`_succeeded_identical`); prints how long
+    it took from the fault's end (`since`, default now) to done (shown with `pytest -s`; the
     failure-modes table in docs/service.md quotes these)."""
+    since = time.monotonic() if since is None else since
+    job = _final(stack, job_id)
     print(f"\nrecovery {what}: {time.monotonic() - since:.1f} s from the fault's end to done")
+    _succeeded_identical(stack, job, reference, attempts)
+    return job
 
 
 def _client(stack) -> httpx.Client:
@@ -107,9 +114,7 @@ def test_redis_restarted_mid_job(stack, tiny, reference):
     job_id = _submit(stack, stack.inputs("redis-mid-job", *tiny))
     _when(stack, job_id, lambda j: j["progress"]["iteration"] >= 1)
     stack.redis.restart(down_s=2.0)  # comes back empty: queued messages, markers, all gone
-    back = time.monotonic()
-    _succeeded_identical(stack, _final(stack, job_id), reference)
-    _recovered("redis restarted mid-job", back)
+    _recovers(stack, job_id, reference, "redis restarted mid-job")
 
 
 def test_redis_down_at_submit(stack, tiny, reference):
@@ -126,9 +131,7 @@ def test_redis_down_at_submit(stack, tiny, reference):
         assert _final_status_now(stack, job_id) == "queued"
     finally:
         stack.redis.start()
-    back = time.monotonic()
-    _succeeded_identical(stack, _final(stack, job_id), reference)
-    _recovered("redis down at submit", back)
+    _recovers(stack, job_id, reference, "redis down at submit")
     assert _rows(stack, "SELECT count(*) FROM outbox WHERE ref = %s", job_id)[0][0] == 0
 
 
@@ -145,8 +148,7 @@ def test_redis_restarted_with_the_message_queued(stack, tiny, reference):
     stack.redis.restart(down_s=0.5)  # the queued message is gone
     back = time.monotonic()
     stack.start_worker()
-    _succeeded_identical(stack, _final(stack, job_id), reference)
-    _recovered("redis restarted with the message queued", back)
+    _recovers(stack, job_id, reference, "redis restarted with the message queued", since=back)
     with _client(stack) as c:
         assert [e["data"]["reason"] for e in events(c, stack.headers, job_id, "requeued")] == [
             "queued_too_long"
@@ -162,9 +164,7 @@ def test_postgres_restarted_mid_job(stack, tiny, reference):
     job_id = _submit(stack, stack.inputs("pg-mid-job", *tiny))
     _when(stack, job_id, lambda j: j["progress"]["iteration"] >= 1)
     stack.pg.restart(down_s=3.0)  # longer than the 2 s lease: the reaper must not take it
-    back = time.monotonic()
-    _succeeded_identical(stack, _final(stack, job_id), reference)
-    _recovered("postgres restarted mid-job", back)
+    _recovers(stack, job_id, reference, "postgres restarted mid-job")
 
 
 def test_s3_down_during_download(stack, tiny, reference):
@@ -176,9 +176,7 @@ def test_s3_down_during_download(stack, tiny, reference):
         assert _final_status_now(stack, job_id) == "running"
     finally:
         stack.gate.open()
-    back = time.monotonic()
-    _succeeded_identical(stack, _final(stack, job_id), reference)
-    _recovered("s3 down during download", back)
+    _recovers(stack, job_id, reference, "s3 down during download")
 
 
 def test_s3_down_during_upload(stack, tiny, reference):
@@ -194,9 +192,7 @@ def test_s3_down_during_upload(stack, tiny, reference):
         assert not _artifacts_complete(stack, job_id)
     finally:
         stack.gate.open()
-    back = time.monotonic()
-    _succeeded_identical(stack, _final(stack, job_id), reference)
-    _recovered("s3 down during upload", back)
+    _recovers(stack, job_id, reference, "s3 down during upload")
 
 
 def test_an_outage_past_its_budget_fails_the_job_with_a_clear_code(stack, tiny, reference):
@@ -222,10 +218,8 @@ def test_worker_killed_repeatedly(stack, tiny, reference):
         assert stack.worker is not None
         stack.worker.kill9()
         stack.start_worker(ITERATION_DELAY_S)  # about 10 s: torch and transformers load
-    back = time.monotonic()
-    job = _final(stack, job_id)
-    _recovered("worker killed twice (from the second worker's start)", back)
-    _succeeded_identical(stack, job, reference, attempts=None)
+    what = "worker killed twice (from the second worker's start)"
+    job = _recovers(stack, job_id, reference, what, attempts=None)
     assert job["attempts"] <= job["max_attempts"]
 
 

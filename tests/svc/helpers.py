@@ -10,6 +10,7 @@ import socket
 import string
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,26 +171,42 @@ class WorkerPool:
 
 
 class FlakyProxy:
-    """A TCP proxy in front of `target_port` that drops the next `fail_next` connections at
-    once (a service that is briefly unreachable), then forwards bytes both ways."""
+    """A TCP proxy in front of `target_port` that forwards bytes both ways, and fails on demand:
+    it drops the next `fail_next` connections at once (a service briefly unreachable), or, shut,
+    refuses connections and cuts those in flight until it is opened again on the same port
+    (a service down)."""
 
     def __init__(self, target_port: int) -> None:
-        import threading
-
         self.target_port, self.fail_next, self.dropped = target_port, 0, 0
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self._threading = threading
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.port = free_port()
+        self.server: socket.socket | None = None
+        self.live: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.open()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _accept(self) -> None:
+    def open(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
+
+    def shut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        with self.lock:
+            for conn in list(self.live):
+                _close(conn)
+            self.live.clear()
+
+    close = shut
+
+    def _accept(self, server: socket.socket) -> None:
         while True:
             try:
-                client, _ = self.server.accept()
+                client, _ = server.accept()
             except OSError:
                 return
             if self.fail_next > 0:
@@ -198,11 +215,12 @@ class FlakyProxy:
                 client.close()
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.live.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
@@ -210,10 +228,14 @@ class FlakyProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                _close(s)
+            with self.lock:
+                self.live.difference_update((source, sink))
 
-    def close(self) -> None:
-        self.server.close()
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
