@@ -21,7 +21,7 @@ from contract import (
     SearchState,
 )
 from contract.sources import CALIBRATION_SUFFIXES
-from contract.spec import CleanStr
+from contract.text import CleanStr
 from service.tables import Job
 
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/\S*$")

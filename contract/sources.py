@@ -18,8 +18,11 @@ BUILTIN_MODEL_CONFIGS = {
         "tie_word_embeddings": True,
     },
 }
-BUILTIN_CALIBRATION = ("builtin:stdlib-docs",)  # Python's own documentation text, offline
-HUB_CALIBRATION = ("hf:wikitext2", "hf:alpaca")  # need the [hf] extra and a reachable hub
+# Python's own documentation text, offline; "-heldout" reads it from the other end, so that an
+# evaluation does not score the text a calibration read first.
+BUILTIN_CALIBRATION = ("builtin:stdlib-docs", "builtin:stdlib-docs-heldout")
+# Need the [hf] extra and a reachable hub; wikitext2 is the train split, wikitext2-test the test.
+HUB_CALIBRATION = ("hf:wikitext2", "hf:wikitext2-test", "hf:alpaca")
 # The files of a model folder that are ever read (weights as safetensors only), the pickle
 # formats that are refused (loading them can run code), and calibration file formats.
 SAFE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".jinja")

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ByteSize,
     ConfigDict,
@@ -27,22 +25,14 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from contract.errors import UserError
+from contract.evaluation import EvaluationSpec
 from contract.sources import check_builtin_calibration, check_builtin_model
+from contract.text import CleanStr
 
-# Control characters (NUL...) and lone surrogates: no name, path or label needs them, and they
-# break what stores or prints text (PostgreSQL refuses NUL, UTF-8 refuses surrogates).
-_UNCLEAN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def check_clean_text(value: str) -> str:
-    found = _UNCLEAN.search(value)
-    if found:
-        code = f"U+{ord(found.group()):04X}"
-        raise ValueError(f"must not contain control characters or lone surrogates ({code})")
-    return value
-
-
-CleanStr = Annotated[str, AfterValidator(check_clean_text)]
+Method = Literal["blockpruner", "shortgpt", "sleb"]
+METHODS: tuple[str, ...] = get_args(Method)
+# Methods that remove whole layers: a layer counts as its two blocks in every target.
+LAYER_METHODS = ("shortgpt", "sleb")
 BlockTypes = Literal["mix", "mha", "mlp"]
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockTypes)
 BLOCK_KINDS = ("mha", "mlp")  # the two blocks of a decoder layer; "mix" searches both
@@ -56,7 +46,9 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 }
 # Fields that change a search's length or its speed, never which block each step picks: a
 # saved state stays valid when they change (a finished search can be extended).
-RESULT_NEUTRAL = frozenset({"num_blocks", "param_ratio", "batch_size", "cache_budget"})
+RESULT_NEUTRAL = frozenset(
+    {"num_blocks", "param_ratio", "batch_size", "cache_budget", "evaluation"}
+)
 TARGET_FIELDS = ("num_blocks", "param_ratio")  # give exactly one
 
 
@@ -78,7 +70,15 @@ class JobSpec(BaseModel):
         description="calibration text: file.txt or file.jsonl (CLI only), upload:ID or "
         "s3://bucket/key.txt|.jsonl (service), builtin:stdlib-docs, hf:wikitext2 or hf:alpaca",
     )
-    num_blocks: int | None = Field(None, ge=1, description="blocks to remove")
+    method: Method = Field(
+        "blockpruner",
+        description="blockpruner: greedy removal of attention/MLP blocks by calibration PPL; "
+        "shortgpt: whole layers with the lowest Block Influence, in one shot; sleb: greedy "
+        "removal of whole layers by calibration PPL",
+    )
+    num_blocks: int | None = Field(
+        None, ge=1, description="blocks to remove (a layer method removes num_blocks/2 layers)"
+    )
     param_ratio: float | None = Field(
         None, gt=0, lt=1, description="or: remove blocks up to this fraction of the parameters"
     )
@@ -105,6 +105,12 @@ class JobSpec(BaseModel):
         "and memory, never the result",
     )
 
+    evaluation: EvaluationSpec | None = Field(
+        None,
+        description="measure the model before and after pruning: held-out perplexity, "
+        "zero-shot tasks, speed and memory (never changes the result)",
+    )
+
     _known_builtin_model = field_validator("model")(check_builtin_model)
     _known_builtin_calibration = field_validator("calibration")(check_builtin_calibration)
 
@@ -112,6 +118,9 @@ class JobSpec(BaseModel):
     def _one_target(self) -> JobSpec:
         if (self.num_blocks is None) == (self.param_ratio is None):
             raise _field_error("num_blocks", "give exactly one of num_blocks or param_ratio")
+        problem = layer_method_problem(self.method, self.block_types, self.num_blocks)
+        if problem is not None:
+            raise _field_error(*problem)
         return self
 
     # ---- construction from user input --------------------------------------------------------
@@ -139,8 +148,12 @@ class JobSpec(BaseModel):
 
     # ---- what made a result ------------------------------------------------------------------
     def result_fields(self) -> dict[str, Any]:
-        """The fields that decide which blocks the search picks (saved with every state)."""
-        return self.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
+        """The fields that decide which blocks the search picks (saved with every state). The
+        default method is left out, so states and hashes from before methods existed match."""
+        fields = self.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
+        if fields["method"] == "blockpruner":
+            del fields["method"]
+        return fields
 
     def config_hash(self) -> str:
         """A stable hash of `result_fields()` (stored on jobs; unchanged since states had it)."""
@@ -150,12 +163,29 @@ class JobSpec(BaseModel):
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """How `saved` result fields differ from this spec's: ["seq_len: 128 in the state, 64
         now", ...]; empty when a state made with `saved` can be resumed with this spec."""
-        now = self.result_fields()
+        default = {"method": "blockpruner"}  # result_fields() leaves the default method out
+        now, saved = {**default, **self.result_fields()}, {**default, **saved}
         return [
             f"{name}: {saved.get(name)!r} in the state, {now[name]!r} now"
             for name in sorted(now.keys() | saved.keys())
             if saved.get(name) != now.get(name)
         ]
+
+
+def layer_method_problem(
+    method: str, block_types: str, num_blocks: int | None
+) -> tuple[str, str] | None:
+    """(field, message) when a layer method gets settings that only fit blocks; else None."""
+    if method not in LAYER_METHODS:
+        return None
+    if block_types != "mix":
+        return "block_types", f"{method} removes whole layers: use mix, not {block_types}"
+    if num_blocks is not None and num_blocks % 2:
+        return (
+            "num_blocks",
+            f"{method} removes whole layers (2 blocks each): give an even number, got {num_blocks}",
+        )
+    return None
 
 
 def _field_error(field: str, message: str) -> ValidationError:

@@ -72,5 +72,6 @@ class Phase(str, Enum):
     LOADING = "loading"
     CALIBRATING = "calibrating"
     SEARCHING = "searching"
+    EVALUATING = "evaluating"  # only a job that asks for an evaluation
     EXPORTING = "exporting"
     UPLOADING = "uploading"

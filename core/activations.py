@@ -21,6 +21,8 @@ from core.blocks import Block, BlockModel
 
 # The activations after a candidate, per kept position: to adopt if the candidate wins.
 After = dict[int, list[torch.Tensor]]
+# A candidate: one block (BlockPruner), or several removed together (a whole layer: SLEB).
+Candidate = Block | tuple[Block, ...]
 
 
 def ppl_from_nlls(nlls: torch.Tensor) -> float:
@@ -90,14 +92,18 @@ class ActivationCache:
             nlls.append(self.bm.sequence_nll(h, ids))
         return ppl_from_nlls(torch.cat(nlls))
 
-    def after_bytes(self, block: Block) -> tuple[int, int]:
+    def _positions(self, candidate: Candidate) -> set[int]:
+        blocks = (candidate,) if isinstance(candidate, Block) else candidate
+        return {self.bm.position(b) for b in blocks}
+
+    def after_bytes(self, block: Candidate) -> tuple[int, int]:
         """(device, host) bytes of the activations `score(block, keep=True)` returns."""
-        pos = self.bm.position(block)
+        pos = min(self._positions(block))
         later = [p for p in self.layout.kept if p > pos]
         device = sum(p in self.layout.on_device for p in later) * self.layout.position_bytes
         return device, len(later) * self.layout.position_bytes - device
 
-    def can_hold(self, block: Block, also: tuple[int, int] = (0, 0)) -> bool:
+    def can_hold(self, block: Candidate, also: tuple[int, int] = (0, 0)) -> bool:
         """Whether the activations after `block` fit beside the cache and `also` (held)."""
         if self.budget is None:
             return True
@@ -109,13 +115,15 @@ class ActivationCache:
         )
 
     @torch.inference_mode()
-    def score(self, block: Block, keep: bool = True) -> tuple[float, After | None]:
-        """PPL with `block` also removed; with `keep`, the activations after it too."""
-        pos = self.bm.position(block)
-        if pos in self.skip:
+    def score(self, block: Candidate, keep: bool = True) -> tuple[float, After | None]:
+        """PPL with `block` (or every block of a tuple) also removed; with `keep`, the
+        activations after it too."""
+        positions = self._positions(block)
+        if positions & self.skip:
             raise UserError("candidates", f"block {block} is already removed")
+        pos = min(positions)
         after: After | None = {p: [] for p in self.layout.kept if p > pos} if keep else None
-        skip = self.skip | {pos}
+        skip = self.skip | positions
         nlls = []
         for c, ids in enumerate(self.chunks):
             start, h = self._start(pos, c)
@@ -124,20 +132,21 @@ class ActivationCache:
         return ppl_from_nlls(torch.cat(nlls)), after
 
     @torch.inference_mode()
-    def rerun(self, block: Block) -> After:
+    def rerun(self, block: Candidate) -> After:
         """The activations after `block` again (its scoring pass did not keep them), up to the
         last kept position only: the logits are not needed."""
-        pos = self.bm.position(block)
+        positions = self._positions(block)
+        pos = min(positions)
         after: After = {p: [] for p in self.layout.kept if p > pos}
         if not after:
             return after
         stop = max(after)
         for c in range(len(self.chunks)):
             start, h = self._start(pos, c)
-            self._run(h, start, stop, self.skip | {pos}, after)
+            self._run(h, start, stop, self.skip | positions, after)
         return after
 
-    def adopt(self, block: Block, after: After) -> None:
+    def adopt(self, block: Candidate, after: After) -> None:
         """Make the cache that of the model with `block` also removed, from its pass."""
         self.acts.update(after)
-        self.skip.add(self.bm.position(block))
+        self.skip |= self._positions(block)

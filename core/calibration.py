@@ -61,17 +61,9 @@ def load_calibration(
         raise UserError("samples", f"must be an integer >= 1, got {samples!r}")
     if not isinstance(seq_len, int) or seq_len < 2:
         raise UserError("seq_len", f"must be an integer >= 2 (next-token loss), got {seq_len!r}")
-    path = _local_file(source)
-    if path is not None and path.suffix == ".txt":  # read only as far as the chunks need
-        wanted = samples * seq_len + MARGIN_TOKENS
-        text, ids, complete = _read_txt(source, tokenizer, wanted, first_read)
-        details: dict = {}
-    else:
-        if path is None:
-            text, details = _read_source(source, seed)
-        else:
-            text, details = _read_jsonl(path, source, seed, text_field)
-        ids, complete = _tokenize(tokenizer, text), True
+    text, ids, details, complete = read_tokens(
+        source, tokenizer, samples * seq_len, seed, text_field, first_read
+    )
     chunks_available = len(ids) // seq_len
     if chunks_available < samples:  # only ever when the whole text was read
         raise UserError(
@@ -102,13 +94,38 @@ def load_calibration(
     return Calibration(input_ids=input_ids, description=description)
 
 
+def read_tokens(
+    source: str,
+    tokenizer,
+    wanted: int | None,
+    seed: int = 0,
+    text_field: str = "text",
+    first_read: int | None = None,
+) -> tuple[str, list[int], dict, bool]:
+    """(text, its ids, source facts, whether that is the whole source) of `source` as one
+    token stream. A .txt file is read only as far as `wanted` ids need (None: whole); its first
+    `wanted` ids are those of the whole file. Other sources are read whole."""
+    path = _local_file(source)
+    if path is not None and path.suffix == ".txt":  # read only as far as the chunks need
+        if wanted is None:
+            text, ids, complete = _read_txt(source, tokenizer, None, first_read)
+        else:
+            text, ids, complete = _read_txt(source, tokenizer, wanted + MARGIN_TOKENS, first_read)
+        return text, ids, {}, complete
+    if path is None:
+        text, details = _read_source(source, seed)
+    else:
+        text, details = _read_jsonl(path, source, seed, text_field)
+    return text, _tokenize(tokenizer, text), details, True
+
+
 def _tokenize(tokenizer, text: str) -> list[int]:
     # verbose=False: a long stream is the point here, not a mistake worth a warning.
     return tokenizer(text, verbose=False)["input_ids"]
 
 
 def _read_txt(
-    source: str, tokenizer, wanted: int, first_read: int | None
+    source: str, tokenizer, wanted: int | None, first_read: int | None
 ) -> tuple[str, list[int], bool]:
     """(text, its ids, whether it is the whole file) of a .txt file, read in blocks (each
     doubling what was read) until a prefix that ends at a space or line break tokenizes to
@@ -125,7 +142,9 @@ def _read_txt(
     its other bytes; CRLF and CR become LF, a CR at a block's end waits for the next byte)."""
     utf8 = codecs.getincrementaldecoder("utf-8")()
     decoder = io.IncrementalNewlineDecoder(utf8, translate=True)
-    size = first_read or max(MIN_READ_BYTES, BYTES_PER_TOKEN * wanted)
+    if wanted is None:  # the whole file
+        first_read = first_read or Path(source).stat().st_size + 1
+    size = first_read or max(MIN_READ_BYTES, BYTES_PER_TOKEN * (wanted or 0))
     text, done = "", 0
     with open(source, "rb") as f:
         while True:
@@ -143,7 +162,7 @@ def _read_txt(
             if final:
                 return text, _tokenize(tokenizer, text), True
             cut = max(text.rfind(" "), text.rfind("\n")) + 1
-            if cut > 0:
+            if cut > 0 and wanted is not None:
                 ids = _tokenize(tokenizer, text[:cut])
                 if len(ids) >= wanted:
                     return text[:cut], ids, False
@@ -169,10 +188,13 @@ def _local_file(source: str) -> Path | None:
 def _read_source(source: str, seed: int) -> tuple[str, dict]:
     """The whole text stream of a builtin: or hf: source, plus source-specific facts for the
     description."""
-    if source == "builtin:stdlib-docs":
+    if source in ("builtin:stdlib-docs", "builtin:stdlib-docs-heldout"):
         from pydoc_data.topics import topics
 
-        return ROW_SEPARATOR.join(topics[k] for k in sorted(topics)), {}
+        # -heldout reads the topics from the other end: an evaluation's first tokens are the
+        # ones a calibration of the same text reaches last.
+        keys = sorted(topics, reverse=source.endswith("-heldout"))
+        return ROW_SEPARATOR.join(topics[k] for k in keys), {}
     if source.startswith("builtin:"):
         raise UserError(FIELD, f"unknown builtin source {source!r}; known: {BUILTIN_CALIBRATION}")
     return _read_hub_dataset(source, seed)
@@ -234,8 +256,9 @@ def _read_hub_dataset(source: str, seed: int) -> tuple[str, dict]:
             code=ErrorCode.MISSING_DEPENDENCY,
         ) from None
     try:
-        if source == "hf:wikitext2":
-            rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="train")["text"]
+        if source in ("hf:wikitext2", "hf:wikitext2-test"):
+            split = "test" if source.endswith("-test") else "train"
+            rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
             return ROW_SEPARATOR.join(rows), {"rows": len(rows)}
         rows = datasets.load_dataset("tatsu-lab/alpaca", split="train")["text"]
     except Exception as e:  # datasets raises many types for network/cache failures

@@ -17,6 +17,8 @@ from pydantic import ByteSize
 from contract import EMBEDDED_DEFAULTS, JobSpec, Phase, Progress, SearchState, UserError
 from contract.memory import DEVICE_HELP
 from contract.spec import TARGET_FIELDS
+from core.eval_cli import add_eval_command, add_evaluation_options, evaluation_from_args
+from core.report import format_table, table_rows
 
 # `blockprune ppl` measures a model the way a job's search does: it takes these of a job's
 # fields (and the calibration field as --data).
@@ -25,8 +27,9 @@ PLAN_SPEC_FIELDS = ("model", "samples", "seq_len", "dtype", "batch_size", "cache
 
 
 def add_engine_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="prune a model with BlockPruner's greedy search")
-    add_spec_options(p, list(JobSpec.model_fields))
+    p = sub.add_parser("prune", help="prune a model: BlockPruner's search or a baseline method")
+    add_spec_options(p, [name for name in JobSpec.model_fields if name != "evaluation"])
+    add_evaluation_options(p, prefix="eval-")
     p.add_argument("--output", help="export directory (default pruned/<model>-<N>blocks)")
     p.add_argument("--device", default="cpu", help=f"where to run: {DEVICE_HELP}")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's saved state")
@@ -44,6 +47,8 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="cpu", help=f"where it would run: {DEVICE_HELP}")
     r.add_argument("--tflops", type=float, help="the device's throughput (default: measured here)")
     r.set_defaults(func=cmd_plan)
+
+    add_eval_command(sub)
 
 
 # ---- options derived from JobSpec ---------------------------------------------------------
@@ -89,7 +94,10 @@ def _value_type(annotation: Any) -> tuple[type, tuple[Any, ...] | None]:
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """The JobSpec of parsed `prune` options; with no target, the embedded job's target."""
-    values = {name: getattr(args, name) for name in JobSpec.model_fields}
+    values = {name: getattr(args, name) for name in JobSpec.model_fields if name != "evaluation"}
+    evaluation = evaluation_from_args(args, prefix="eval-")
+    if evaluation is not None:
+        values["evaluation"] = evaluation
     if all(values[t] is None for t in TARGET_FIELDS):
         values.update({t: EMBEDDED_DEFAULTS[t] for t in TARGET_FIELDS if t in EMBEDDED_DEFAULTS})
     return JobSpec.parse(values)
@@ -131,7 +139,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     name = spec.model.split(":")[-1].rstrip("/").split("/")[-1] or "model"
     target = f"{spec.num_blocks}blocks" if spec.num_blocks else f"ratio{spec.param_ratio}"
-    output = Path(args.output or f"pruned/{name}-{spec.block_types}-{target}")
+    kind = spec.block_types if spec.method == "blockpruner" else spec.method
+    output = Path(args.output or f"pruned/{name}-{kind}-{target}")
     state_file = _state_path(output)
     state = None
     if args.resume and state_file.exists():
@@ -179,11 +188,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         on_plan=bar.write,
         on_progress=on_progress,
         on_iteration=on_iteration,
+        on_step=lambda step: bar.write(f"  {step}"),
     )
     bar.close()
     state_file.unlink(missing_ok=True)  # the export's pruning.json now holds the whole result
     assert result.out_dir is not None  # no should_stop given: the search always finishes
     print_summary(json.loads((result.out_dir / "pruning.json").read_text()), time.time() - started)
+    if result.evaluation is not None:
+        print(format_table(table_rows(result.evaluation)))
     print(f"pruned model written to {result.out_dir.resolve()}")
     return 0
 
@@ -200,12 +212,7 @@ def print_summary(info: dict, seconds: float) -> None:
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Right-aligned columns; the first row is the header, underlined."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print(format_table([tuple(row) for row in rows]))
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:

@@ -11,8 +11,16 @@ def _base_name(pruning: dict) -> str | None:
     return str(name) if name else None
 
 
-def render_model_card(pruning: dict, weights_dir: str) -> str:
-    """A short card: base model, removed blocks, perplexity and size before/after, how to load."""
+METHODS = {
+    "blockpruner": "BlockPruner, arXiv 2406.10594",
+    "shortgpt": "ShortGPT's Block Influence, arXiv 2403.03853",
+    "sleb": "SLEB, arXiv 2402.09025",
+}
+
+
+def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None = None) -> str:
+    """A short card: base model, removed blocks, perplexity and size before/after, the
+    evaluation's table when there is one, how to load."""
     base = _base_name(pruning)
     removed = pruning["removed"]
     before, after = pruning["params_before"], pruning["params_after"]
@@ -30,7 +38,8 @@ def render_model_card(pruning: dict, weights_dir: str) -> str:
         "",
         title,
         "",
-        f"Pruned with BlockPrune {pruning['engine_version']} (BlockPruner, arXiv 2406.10594): "
+        f"Pruned with BlockPrune {pruning['engine_version']} "
+        f"({METHODS.get(pruning.get('method', 'blockpruner'), pruning.get('method'))}): "
         f"{len(removed)} of {2 * layers_before} residual blocks removed "
         f"(`mha` = self-attention, `mlp` = feed-forward); "
         f"{layers_before - layers_after} layers lost both blocks and were dropped.",
@@ -41,6 +50,7 @@ def render_model_card(pruning: dict, weights_dir: str) -> str:
         f"| Calibration perplexity | {pruning['base_ppl']:.4f} | {pruning['final_ppl']:.4f} |",
         f"| Layers | {layers_before} | {layers_after} |",
         "",
+        *_evaluation_section(evaluation),
         "## Removed blocks, in removal order",
         "",
         "![PPL after each step and the removed blocks by layer](pruning.svg)",
@@ -73,3 +83,24 @@ def render_model_card(pruning: dict, weights_dir: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _evaluation_section(report: dict | None) -> list[str]:
+    """The evaluation's table (`report.json`, `evaluation.svg`), measured before and after."""
+    if report is None:
+        return []
+    from core.report import table_rows
+
+    header, *rows = table_rows(report)
+    return [
+        "## Evaluation",
+        "",
+        "Measured side by side in one run (`report.json` has every figure and the settings).",
+        "",
+        "![Every measure, before and after](evaluation.svg)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]

@@ -24,6 +24,7 @@ class PruneResult:
     state: SearchState
     out_dir: Path | None  # None when the search was stopped before its end
     cancelled: bool = False
+    evaluation: dict | None = None  # the report, when the spec asked for an evaluation
 
 
 @dataclass
@@ -107,10 +108,47 @@ def prepare_job(
     return prepared
 
 
+def evaluate_job(
+    prepared: PreparedJob,
+    spec: JobSpec,
+    state: SearchState,
+    *,
+    paths: dict[str, str] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict | None:
+    """The job's evaluation (`spec.evaluation`) of the loaded model before and after removing
+    the search's blocks, side by side; None when the job asks for none. The pruned variant is
+    the loaded model with the export's no-op modules swapped in (core.export.inmemory), which
+    computes what the export computes, without a second copy of the weights."""
+    from contextlib import nullcontext
+
+    from core.blocks import Block
+    from core.evaluation.run import Variant, evaluate
+    from core.export.inmemory import pruned_view
+
+    if spec.evaluation is None or spec.evaluation.empty:
+        return None
+    model = prepared.loaded.model
+    removed = [Block(r.block, r.layer) for r in state.removed]
+    variants: dict[str, Variant] = {
+        "before": lambda: nullcontext(model),
+        "after": lambda: pruned_view(model, removed),
+    }
+    return evaluate(
+        variants, prepared.loaded.tokenizer, spec.evaluation, paths=paths, on_step=on_step
+    )
+
+
 def export_job(
-    prepared: PreparedJob, spec: JobSpec, state: SearchState, out_dir: str | Path, **kw: Any
+    prepared: PreparedJob,
+    spec: JobSpec,
+    state: SearchState,
+    out_dir: str | Path,
+    evaluation: dict | None = None,
+    **kw: Any,
 ) -> Path:
-    """Write the pruned model of a finished search (core.export)."""
+    """Write the pruned model of a finished search (core.export), with its evaluation report
+    when there is one."""
     from core.export import export_pruned
 
     assert state.base_ppl is not None  # a finished search has measured the unpruned model
@@ -127,6 +165,8 @@ def export_job(
             "model": spec.model,
             "settings": spec.model_dump(mode="json"),
         },
+        method=spec.method,
+        evaluation=evaluation,
         **kw,
     )
     return Path(path)
@@ -147,9 +187,11 @@ def run_prune(
     on_iteration: Callable[[SearchState], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> PruneResult:
-    """Run one pruning job: prepare, search (from `state`, resumed), export."""
-    from core.search import run_search
+    """Run one pruning job: prepare, search (from `state`, resumed), evaluate if asked, export.
+    `on_step` hears the evaluation's steps."""
+    from core.methods import run_method
 
     if state is None:
         state = SearchState.new(spec)
@@ -167,7 +209,7 @@ def run_prune(
         on_plan=on_plan,
     )
     (on_phase or (lambda _: None))(Phase.SEARCHING)
-    state = run_search(
+    state = run_method(
         prepared.bm,
         prepared.input_ids,
         prepared.search_config(spec),
@@ -178,5 +220,10 @@ def run_prune(
     )
     if not state.done:
         return PruneResult(state, None, cancelled=True)
+    evaluation = None
+    if spec.evaluation is not None and not spec.evaluation.empty:
+        (on_phase or (lambda _: None))(Phase.EVALUATING)
+        evaluation = evaluate_job(prepared, spec, state, on_step=on_step)
     (on_phase or (lambda _: None))(Phase.EXPORTING)
-    return PruneResult(state, export_job(prepared, spec, state, out_dir, overwrite=overwrite))
+    out = export_job(prepared, spec, state, out_dir, evaluation, overwrite=overwrite)
+    return PruneResult(state, out, evaluation=evaluation)

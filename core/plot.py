@@ -82,3 +82,50 @@ def _layer_map(num_layers: int, removed: list[dict]) -> list[str]:
         out.append(f'<text x="{x:.1f}" y="{y_axis}" text-anchor="middle">{layer}</text>')
     out.append(f'<text x="{x0}" y="{y_axis + 16}">layer</text>')
     return out
+
+
+# Series colours of grouped bars: the first series (the base model) muted, the rest distinct.
+SERIES = ("#868e96", ACCENT, "#1c7ed6", "#2f9e44", "#ae3ec9", "#f59f00", "#0c8599")
+
+
+def grouped_bars_svg(title: str, groups: list[tuple[str, dict[str, float], str]]) -> str:
+    """Horizontal bars, one group per measure (`(label, {series: value}, format)`), one bar per
+    series, each group scaled to its own largest value and every bar labelled with its value:
+    measures of different units side by side, and how each series compares within one."""
+    series = list(dict.fromkeys(name for _, values, _ in groups for name in values))
+    bar, gap, label_w, width = 14, 14, 230, 900
+    legend_y = PAD
+    height = int(legend_y + 24 + sum(len(v) * bar + gap for _, v, _ in groups) + PAD / 2)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{PAD / 2}" y="{PAD / 2 + 4}" font-weight="bold">{escape(title)}</text>',
+    ]
+    for k, name in enumerate(series):
+        x = PAD / 2 + k * 150
+        colour = SERIES[k % len(SERIES)]
+        out.append(f'<rect x="{x}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{x + 14}" y="{legend_y}">{escape(name)}</text>')
+    y = legend_y + 24.0
+    span = width - label_w - PAD - 70
+    for label, values, fmt in groups:
+        top = max((v for v in values.values() if v > 0), default=1.0)
+        out.append(
+            f'<text x="{label_w - 8}" y="{y + len(values) * bar / 2 + 4}" '
+            f'text-anchor="end">{escape(label)}</text>'
+        )
+        for name, value in values.items():
+            colour = SERIES[series.index(name) % len(SERIES)]
+            w = max(1.0, span * value / top) if value > 0 else 1.0
+            out.append(
+                f'<rect x="{label_w}" y="{y:.1f}" width="{w:.1f}" height="{bar - 2}" '
+                f'fill="{colour}"><title>{escape(name)}: {format(value, fmt)}</title></rect>'
+            )
+            out.append(
+                f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 4:.1f}">{format(value, fmt)}</text>'
+            )
+            y += bar
+        y += gap
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

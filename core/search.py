@@ -21,8 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from contract import BlockRef, JobSpec, Progress, RemovedBlock, SearchState, UserError
+from contract.spec import layer_method_problem
 from core.activations import ActivationCache, After
 from core.blocks import Block, BlockModel
+
+# What one greedy step removes: one block (BlockPruner) or the blocks of a layer (SLEB).
+Unit = tuple[Block, ...]
 
 ProgressCallback = Callable[[Progress], None]
 StateCallback = Callable[[SearchState], None]
@@ -32,6 +36,7 @@ StateCallback = Callable[[SearchState], None]
 class SearchConfig:
     """The part of a JobSpec the search itself needs."""
 
+    method: str = "blockpruner"
     num_blocks: int | None = None
     param_ratio: float | None = None
     block_types: str = "mix"
@@ -47,6 +52,7 @@ class SearchConfig:
         has none (the CLI's and the worker's planner decide it)."""
         budget = spec.cache_budget if spec.cache_budget is not None else cache_budget
         return cls(
+            spec.method,
             spec.num_blocks,
             spec.param_ratio,
             spec.block_types,
@@ -58,12 +64,16 @@ class SearchConfig:
     def check(self) -> None:
         """The checks that need no model, by JobSpec's rules (the one home of the bounds)."""
         JobSpec.check_fields(
+            method=self.method,
             num_blocks=self.num_blocks,
             param_ratio=self.param_ratio,
             block_types=self.block_types,
             batch_size=self.batch_size,
             cache_budget=self.cache_budget,
         )
+        problem = layer_method_problem(self.method, self.block_types, self.num_blocks)
+        if problem is not None:
+            raise UserError(*problem)
 
     def validate(self, bm: BlockModel) -> None:
         """`check()`, and the bound only a model knows: how many blocks it has to remove."""
@@ -137,10 +147,15 @@ def run_search(
     on_iteration: StateCallback | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    units: Sequence[Unit] | None = None,
 ) -> SearchState:
     """Greedy BlockPruner search from `state` (a new search if None; it is not modified).
-    Returns the final state; its `done` is False if `should_stop` stopped it."""
+    Returns the final state; its `done` is False if `should_stop` stopped it. `units`: what one
+    step may remove, in tie-break order (default: each block of `config.block_types`, in the
+    paper's order; SLEB gives whole layers)."""
     config.validate(bm)
+    if units is None:
+        units = [(b,) for b in bm.candidates(config.block_types)]
     state = copy.deepcopy(state) if state is not None else SearchState()
     removed = [Block(r.block, r.layer) for r in state.removed]
     total_params = bm.total_params()
@@ -155,17 +170,17 @@ def run_search(
     if state.base_ppl is None:
         state.base_ppl = current_ppl
 
-    while not _target_reached(state, config):
-        candidates = [b for b in bm.candidates(config.block_types) if b not in removed]
-        best: tuple[float, Block, After | None] | None = None
-        for n, block in enumerate(candidates):
+    while not target_reached(state, config):
+        candidates = [u for u in units if not set(u) & set(removed)]
+        best: tuple[float, Unit, After | None] | None = None
+        for n, unit in enumerate(candidates):
             if should_stop is not None and should_stop():
                 return state
             # Keep this candidate's activations only if they fit beside the best one's.
             held = cache.after_bytes(best[1]) if best is not None and best[2] else (0, 0)
-            ppl, after = cache.score(block, keep=cache.can_hold(block, also=held))
+            ppl, after = cache.score(unit, keep=cache.can_hold(unit, also=held))
             if best is None or ppl < best[0]:  # strict: ties go to the first candidate
-                best = (ppl, block, after)
+                best = (ppl, unit, after)
             # A losing candidate's activations go now, not when the next one has recorded its
             # own: the peak is the cache + the best's + the current one's (contract.memory).
             del after
@@ -177,21 +192,22 @@ def run_search(
                         scored=n + 1,
                         total_candidates=len(candidates),
                         best_ppl=best[0],
-                        best_block=_ref(best[1]),
-                        last_block=_ref(block),
+                        best_block=block_ref(best[1][0]),
+                        last_block=block_ref(unit[0]),
                     )
                 )
         if best is None:  # nothing left to remove
             break
-        ppl, block, after = best
+        ppl, unit, after = best
+        unit_params = sum(bm.block_params(b) for b in unit)
         if config.param_ratio is not None:
-            if (removed_params + bm.block_params(block)) / total_params > config.param_ratio:
+            if (removed_params + unit_params) / total_params > config.param_ratio:
                 break  # the last step not above the ratio was the previous one
-        cache.adopt(block, after if after is not None else cache.rerun(block))
-        removed.append(block)
-        removed_params += bm.block_params(block)
+        cache.adopt(unit, after if after is not None else cache.rerun(unit))
+        removed.extend(unit)
+        removed_params += unit_params
         current_ppl = ppl
-        state.removed.append(RemovedBlock(block=block.kind, layer=block.layer, ppl=ppl))
+        state.removed.extend(RemovedBlock(block=b.kind, layer=b.layer, ppl=ppl) for b in unit)
         if on_iteration is not None:
             on_iteration(copy.deepcopy(state))  # a snapshot: the search goes on mutating `state`
     state.done = True
@@ -199,9 +215,9 @@ def run_search(
     return state
 
 
-def _ref(block: Block) -> BlockRef:
+def block_ref(block: Block) -> BlockRef:
     return BlockRef(block=block.kind, layer=block.layer)
 
 
-def _target_reached(state: SearchState, config: SearchConfig) -> bool:
+def target_reached(state: SearchState, config: SearchConfig) -> bool:
     return config.num_blocks is not None and state.iteration >= config.num_blocks

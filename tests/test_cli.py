@@ -12,6 +12,7 @@ from conftest import random_text, tiny_model, word_tokenizer
 from blockprune.cli import main
 from contract import EMBEDDED_DEFAULTS, JobSpec, SearchState
 from core.blocks import Block, BlockModel
+from contract.evaluation import EvaluationSpec
 from core.calibration import load_calibration
 from core.cli import add_engine_commands
 from core.naive import plain_greedy_search
@@ -138,13 +139,18 @@ def test_prune_options_are_exactly_the_jobspec_fields():
     sub = argparse.ArgumentParser().add_subparsers()
     add_engine_commands(sub)
     options = {a.dest: a for a in sub.choices["prune"]._actions if a.dest != "help"}
+    evaluation = {f"eval_{n}" for n in EvaluationSpec.model_fields}  # its own options
     assert options.keys() - JobSpec.model_fields.keys() == {
         "output",
         "device",
         "resume",
         "overwrite",
+        *evaluation,
     }
+    assert "evaluation" not in options
     for name, info in JobSpec.model_fields.items():
+        if name == "evaluation":
+            continue
         action = options[name]
         assert action.option_strings == ["--" + name.replace("_", "-")]
         default = EMBEDDED_DEFAULTS[name] if info.is_required() else info.default

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
 from core.pipeline import PreparedJob, export_job
-from core.search import run_search
+from core.methods import run_method
 from service import fanout, outbox
 from service.settings import Settings, get_settings
 from service.storage import s3_client
@@ -107,11 +107,11 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
         on_retry=lease.note_retry,
         should_stop=reporter.should_stop,
     )
-    if lease.parallelism > 1:
+    if lease.parallelism > 1 and spec.method == "blockpruner":  # the one method that fans out
         _fan_out(lease, prepared)
         return
     reporter.phase(Phase.SEARCHING)
-    state = run_search(
+    state = run_method(
         prepared.bm,
         prepared.input_ids,
         prepared.search_config(spec),

@@ -19,7 +19,7 @@ from api.schemas import (
     JobView,
 )
 from contract import ErrorCode, JobStatus, UserError
-from contract.spec import check_clean_text
+from contract.text import check_clean_text
 from service import jobstore, outbox, transitions
 from service.fit import check_bounds, check_fits
 from service.inputs import resolve_input

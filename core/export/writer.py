@@ -40,6 +40,7 @@ from core.export.modeling_code import (
 )
 from core.model_card import render_model_card
 from core.plot import pruning_svg
+from core.report import REPORT_FILE, REPORT_PLOT, report_svg
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -57,11 +58,15 @@ def export_pruned(
     source: dict | None = None,
     max_shard_size: str | int = "2GB",
     overwrite: bool = False,
+    method: str = "blockpruner",
+    evaluation: dict | None = None,
 ) -> Path:
     """Write the original (unpruned) `model` with the `removed` blocks taken out to `out_dir`.
 
     `removed` lists `{"block": "mha"|"mlp", "layer": i, "ppl": PPL after removing it}` in removal
-    order; `source` describes the base model (e.g. `{"model": "org/name", "revision": ...}`).
+    order; `source` describes the base model (e.g. `{"model": "org/name", "revision": ...}`);
+    `method` is the pruning method that chose them; `evaluation` a core.evaluation report, written
+    as report.json and evaluation.svg and summed up in the model card.
     The directory appears complete or not at all; an existing non-empty one is refused unless
     `overwrite`. Returns the directory's path."""
     block_model = BlockModel(model)
@@ -100,6 +105,7 @@ def export_pruned(
     params_before = block_model.total_params()
     pruning = {
         "engine_version": core.__version__,
+        "method": method,
         "base_model": source if source is not None else _default_source(model),
         "base_model_type": model.config.model_type,
         "base_ppl": float(base_ppl),
@@ -128,8 +134,12 @@ def export_pruned(
             generation_config.save_pretrained(tmp)
         (tmp / MODELING_FILE).write_text(modeling_code)
         _write_json(tmp / PRUNING_FILE, pruning)
-        (tmp / "README.md").write_text(render_model_card(pruning, weights_dir=out.name))
+        card = render_model_card(pruning, weights_dir=out.name, evaluation=evaluation)
+        (tmp / "README.md").write_text(card)
         (tmp / "pruning.svg").write_text(pruning_svg(pruning))
+        if evaluation is not None:
+            _write_json(tmp / REPORT_FILE, evaluation)
+            (tmp / REPORT_PLOT).write_text(report_svg(evaluation))
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""Perplexity of a whole model (a checkpoint, a builtin, or an exported pruned directory)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from contract import UserError
+from contract.memory import LOGITS_CHUNK_BYTES
+
+
+def perplexity(
+    model_spec: str,
+    data: str,
+    samples: int,
+    seq_len: int,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> float:
+    """PPL of `model_spec` on `samples` x `seq_len` tokens of calibration `data`, by the same
+    measure as the search (so an export's PPL equals its search's final PPL)."""
+    from core.blocks import BlockModel
+    from core.calibration import load_calibration
+    from core.models import load_model
+    from core.naive import full_pass_ppl
+
+    loaded = load_model(model_spec, device, dtype)
+    calibration = load_calibration(data, loaded.tokenizer, samples, seq_len, seed)
+    bm = BlockModel(loaded.model)
+    return full_pass_ppl(bm, calibration.input_ids.to(bm.device), [])
+
+
+@dataclass
+class HeldOut:
+    """Perplexity of one model on one token stream."""
+
+    ppl: float
+    tokens: int  # tokens scored
+    windows: int
+
+
+def window_starts(n_tokens: int, seq_len: int, stride: int) -> list[int]:
+    """Starts of the full windows of `seq_len` tokens, `stride` apart, over `n_tokens` tokens
+    (a tail shorter than a stride is left out, as the search leaves out a partial chunk)."""
+    return list(range(0, n_tokens - seq_len + 1, stride))
+
+
+@torch.inference_mode()
+def heldout_ppl(
+    model: Any, ids: torch.Tensor, seq_len: int, stride: int | None = None, batch_size: int = 8
+) -> HeldOut:
+    """exp(mean NLL per scored token) of a transformers causal LM on the 1-D token stream `ids`.
+
+    Windows of `seq_len` tokens start every `stride` tokens. The first window scores all its
+    next-token predictions; each later one only its last `stride` tokens, which the tokens before
+    them in the window serve as context (the sliding-window PPL of transformers' docs). With
+    stride == seq_len (the default) the windows are disjoint and this is the search's measure:
+    every window has seq_len - 1 predictions, so the mean over tokens is the mean over windows
+    of their mean NLL."""
+    stride = stride or seq_len
+    starts = window_starts(len(ids), seq_len, stride)
+    if not starts:
+        raise UserError("data", f"{len(ids)} tokens: too few for one window of seq_len {seq_len}")
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    step = max(1, min(batch_size, LOGITS_CHUNK_BYTES // (seq_len * vocab * 4)))
+    total, count = 0.0, 0
+    for s in range(0, len(starts), step):
+        chunk = starts[s : s + step]
+        batch = torch.stack([ids[b : b + seq_len] for b in chunk]).to(device)
+        logits = model(input_ids=batch, use_cache=False).logits.float()
+        nll = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="none"
+        ).view(len(chunk), seq_len - 1)
+        for row, begin in zip(nll, chunk, strict=True):
+            # The first window scores every prediction; a later one, the tokens past the
+            # previous window's end: its last `stride` tokens (all of its seq_len - 1
+            # predictions when the windows are disjoint: a window's first token has no context).
+            new = min(stride, seq_len - 1)
+            scored = row if begin == 0 else row[seq_len - 1 - new :]
+            total += scored.double().sum().item()
+            count += scored.numel()
+    return HeldOut(ppl=math.exp(total / count), tokens=count, windows=len(starts))

@@ -1,0 +1,42 @@
+"""The in-memory pruned model: the base model with some blocks swapped for the export's no-op
+modules, for as long as a `with` lasts. What it computes is what the export computes (the same
+modules), so evaluating it is evaluating the export, without writing and reloading weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from core.blocks import Block, BlockModel
+from core.export.hf_modeling_template import apply_block_configs
+
+
+def block_configs(num_layers: int, removed: Iterable[Block]) -> list[dict]:
+    """The export's per-layer `block_configs` for `removed` (no layer dropped)."""
+    gone = set(removed)
+    return [
+        {
+            "attention": {"no_op": Block("mha", i) in gone},
+            "ffn": {"no_op": Block("mlp", i) in gone},
+        }
+        for i in range(num_layers)
+    ]
+
+
+@contextmanager
+def pruned_view(model: Any, removed: Iterable[Block]) -> Iterator[Any]:
+    """`model` with the `removed` blocks made no-ops inside the `with`, restored after (also on
+    an error). The weights are not copied: a 7B model needs no second copy to be evaluated."""
+    bm = BlockModel(model)
+    saved = [
+        (layer.self_attn, layer.input_layernorm, layer.mlp, layer.post_attention_layernorm)
+        for layer in bm.layers
+    ]
+    apply_block_configs(model, block_configs(bm.num_layers, removed))
+    try:
+        yield model
+    finally:
+        for layer, (attn, attn_norm, mlp, mlp_norm) in zip(bm.layers, saved, strict=True):
+            layer.self_attn, layer.input_layernorm = attn, attn_norm
+            layer.mlp, layer.post_attention_layernorm = mlp, mlp_norm
