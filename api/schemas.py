@@ -20,6 +20,7 @@ from contract import (
     RemovedBlock,
     SearchState,
 )
+from contract.evaluation import EvaluationSpec
 from contract.sources import CALIBRATION_SUFFIXES
 from contract.text import CleanStr
 from service.tables import Job
@@ -28,6 +29,18 @@ S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/\S*$")
 UPLOAD = re.compile(r"^upload:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HF_ID = re.compile(r"^hf:[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 BUILTIN = re.compile(r"^builtin:[\w.\-]+$")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][\w\-]{0,127}$")  # lm-evaluation-harness names: arc_easy
+
+
+def _text_source(v: str) -> str:
+    """A calibration or evaluation text source, as the service reads them."""
+    if S3_URI.match(v):
+        if not v.endswith(CALIBRATION_SUFFIXES):
+            raise ValueError("an s3:// text source must be a .txt or .jsonl file")
+        return v
+    if not (UPLOAD.match(v) or HF_ID.match(v) or BUILTIN.match(v)):
+        raise ValueError("must be upload:ID, s3://bucket/key.txt|.jsonl, hf:NAME or builtin:NAME")
+    return v
 
 
 class JobOptions(BaseModel):
@@ -72,14 +85,21 @@ class JobCreate(JobSpec, JobOptions):
     @field_validator("calibration")
     @classmethod
     def _calibration_source(cls, v: str) -> str:
-        if S3_URI.match(v):
-            if not v.endswith(CALIBRATION_SUFFIXES):
-                raise ValueError("an s3:// calibration source must be a .txt or .jsonl file")
+        return _text_source(v)
+
+    @field_validator("evaluation")
+    @classmethod
+    def _evaluation_sources(cls, v: EvaluationSpec | None) -> EvaluationSpec | None:
+        if v is None:
             return v
-        if not (UPLOAD.match(v) or HF_ID.match(v) or BUILTIN.match(v)):
-            raise ValueError(
-                "must be upload:ID, s3://bucket/key.txt|.jsonl, hf:NAME or builtin:NAME"
-            )
+        for n, source in enumerate(v.data):
+            try:
+                _text_source(source)
+            except ValueError as e:
+                raise ValueError(f"data[{n}]: {e}") from None
+        for n, task in enumerate(v.tasks):
+            if not TASK_NAME.match(task):  # a local task file would be code on the worker
+                raise ValueError(f"tasks[{n}]: must be a harness task name, got {task!r}")
         return v
 
     def spec(self) -> JobSpec:
@@ -97,9 +117,18 @@ class JobErrorView(BaseModel):
     field: str | None = None
 
 
+class EvaluationView(EvaluationSpec):
+    report: dict[str, Any] | None = Field(
+        None,
+        description="what was measured before and after (the artifacts' report.json), once "
+        "the job has run its evaluation",
+    )
+
+
 class JobView(JobSpec):
     model_config = ConfigDict(extra="ignore")
 
+    evaluation: EvaluationView | None = None  # type: ignore[assignment]
     id: str
     status: JobStatus
     phase: Phase | None
@@ -126,6 +155,8 @@ class JobView(JobSpec):
         else:
             progress = Progress(iteration=state.iteration, total_iterations=spec.num_blocks)
         fields: dict[str, Any] = spec.model_dump()
+        if fields["evaluation"] is not None:
+            fields["evaluation"]["report"] = job.evaluation
         return cls(
             **fields,
             id=job.id,

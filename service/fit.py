@@ -29,6 +29,16 @@ def check_bounds(settings: Settings, spec: JobSpec) -> None:
             f"samples x seq_len = {tokens:,} calibration tokens, over this service's limit of "
             f"{settings.max_calibration_tokens:,} (BLOCKPRUNE_MAX_CALIBRATION_TOKENS)",
         )
+    evaluation = spec.evaluation
+    if evaluation is not None and evaluation.data:
+        # A source's text is tokenized whole unless max_tokens caps it: the same bound applies.
+        limit = settings.max_calibration_tokens
+        if evaluation.max_tokens is None or evaluation.max_tokens > limit:
+            raise UserError(
+                "evaluation.max_tokens",
+                f"must be at most this service's limit of {limit:,} tokens per source "
+                "(BLOCKPRUNE_MAX_CALIBRATION_TOKENS)",
+            )
 
 
 def check_fits(settings: Settings, spec: JobSpec, model_source: str) -> None:

@@ -13,7 +13,7 @@ import re
 
 from sqlalchemy.orm import Session
 
-from contract import ErrorCode, UserError
+from contract import ErrorCode, JobSpec, UserError
 from service.settings import Settings
 from service.storage import parse_s3_uri, upload_prefix
 from service.tables import Upload
@@ -22,37 +22,57 @@ UPLOAD_REF = re.compile(r"^upload:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 
 
 def resolve_input(
-    session: Session, settings: Settings, tenant_id: str, field: str, source: str
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    field: str,
+    source: str,
+    kind: str | None = None,
 ) -> str:
-    """The source to read for the job's `field` ("model" or "calibration"): an s3:// URI within
-    the tenant's reach, or the builtin:/hf: source itself. A UserError for anything else."""
+    """The source to read for the job's `field` ("model", "calibration", "evaluation.data[0]"):
+    an s3:// URI within the tenant's reach, or the builtin:/hf: source itself. A UserError for
+    anything else. `kind`: the upload kind it must be (default: the field)."""
     if source.startswith("builtin:"):
         return source
     if source.startswith("hf:"):
         _check_hub(settings, field, source)
         return source
     if source.startswith("upload:"):
-        return _resolve_upload(session, settings, tenant_id, field, source)
+        return _resolve_upload(session, settings, tenant_id, field, source, kind or field)
     if source.startswith("s3://"):
         _check_s3(settings, tenant_id, field, source)
         return source
     raise _refused(field, "the service reads upload:, s3://, hf: and builtin: sources only")
 
 
+def resolve_evaluation_data(
+    session: Session, settings: Settings, tenant_id: str, spec: JobSpec
+) -> dict[str, str]:
+    """{source: what to read} for each text source of the job's evaluation, by the same reach
+    as the calibration text (a text upload is a "calibration" upload)."""
+    sources = spec.evaluation.data if spec.evaluation is not None else []
+    return {
+        source: resolve_input(
+            session, settings, tenant_id, f"evaluation.data[{n}]", source, kind="calibration"
+        )
+        for n, source in enumerate(sources)
+    }
+
+
 def _resolve_upload(
-    session: Session, settings: Settings, tenant_id: str, field: str, source: str
+    session: Session, settings: Settings, tenant_id: str, field: str, source: str, kind: str
 ) -> str:
     match = UPLOAD_REF.match(source)
     upload = session.get(Upload, match.group(1)) if match else None
     if upload is None or upload.tenant_id != tenant_id:  # another tenant's: "no such upload"
         raise UserError(field, f"no upload {source.removeprefix('upload:')!r}", ErrorCode.NOT_FOUND)
-    if upload.kind != field:
-        raise UserError(field, f"{source} is a {upload.kind} upload, not a {field}")
+    if upload.kind != kind:
+        raise UserError(field, f"{source} is a {upload.kind} upload, not a {kind}")
     if upload.status != "complete":
         message = f"{source} is not complete: POST /v1/uploads/{upload.id}/complete first"
         raise UserError(field, message, ErrorCode.UPLOAD_INCOMPLETE)
     prefix = f"s3://{settings.s3_bucket}/{upload_prefix(tenant_id, upload.id)}"
-    return prefix if field == "model" else prefix + upload.files[0]["name"]
+    return prefix if kind == "model" else prefix + upload.files[0]["name"]
 
 
 def _check_s3(settings: Settings, tenant_id: str, field: str, source: str) -> None:

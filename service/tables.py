@@ -77,6 +77,7 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None]  # a contract.Progress as JSON
     error: Mapped[dict[str, Any] | None]
     artifacts: Mapped[list[Any] | None]  # the uploaded manifest: [{name, size, sha256}]
+    evaluation: Mapped[dict[str, Any] | None]  # the report, when the spec asks for one
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
     # Shares per search iteration (service.fanout); 1 runs the whole search on one worker.

@@ -11,8 +11,8 @@ from conftest import random_text, tiny_model, word_tokenizer
 
 from blockprune.cli import main
 from contract import EMBEDDED_DEFAULTS, JobSpec, SearchState
-from core.blocks import Block, BlockModel
 from contract.evaluation import EvaluationSpec
+from core.blocks import Block, BlockModel
 from core.calibration import load_calibration
 from core.cli import add_engine_commands
 from core.naive import plain_greedy_search

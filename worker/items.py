@@ -28,7 +28,7 @@ from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
-from worker.job_inputs import prepare
+from worker.job_inputs import evaluate, prepare
 from worker.leases import Heartbeat, LeaseLost, add_outage_event
 from worker.outages import (
     Dependency,
@@ -129,10 +129,10 @@ class ItemLease:
             add_event(s, job.id, "phase", phase=phase.value)
 
     @outlasts_database_outages
-    def succeed(self, artifacts: list[dict]) -> None:
+    def succeed(self, artifacts: list[dict], evaluation: dict | None = None) -> None:
         with transaction() as s:
             job, item = self._locked(s)
-            job.artifacts = artifacts
+            job.artifacts, job.evaluation = artifacts, evaluation
             add_event(s, job.id, "uploaded", files=len(artifacts))
             transitions.finish(s, job, JobStatus.SUCCEEDED)
             item.status, item.lease_token, item.finished_at = "done", None, func.now()
@@ -219,7 +219,7 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
         spec,
     )
     if kind == "export":
-        _export(lease, heartbeat, job_id, spec, state, prepared, settings)
+        _export(lease, heartbeat, job_id, tenant_id, spec, state, prepared, settings)
         return
     removed = [Block(r.block, r.layer) for r in state.removed]
     todo = [Block(b, layer) for b, layer in candidates if (b, layer) not in done_already]
@@ -245,7 +245,14 @@ def keep_loaded(
 
 
 def _export(
-    lease: ItemLease, heartbeat: Heartbeat, job_id: str, spec, state, prepared, settings: Settings
+    lease: ItemLease,
+    heartbeat: Heartbeat,
+    job_id: str,
+    tenant_id: str,
+    spec: JobSpec,
+    state: SearchState,
+    prepared: PreparedJob,
+    settings: Settings,
 ) -> None:
     from core.pipeline import export_job
     from service.storage import s3_client
@@ -253,8 +260,13 @@ def _export(
 
     work = job_scratch(settings, job_id)
     try:
+        if spec.evaluation is not None and not spec.evaluation.empty:
+            lease.set_phase(Phase.EVALUATING)
+        report = evaluate(
+            prepared, spec, state, tenant_id, settings, lease.note_retry, heartbeat.lost.is_set
+        )
         lease.set_phase(Phase.EXPORTING)
-        out = export_job(prepared, spec, state, work / "export")
+        out = export_job(prepared, spec, state, work / "export", report)
         lease.set_phase(Phase.UPLOADING)
         files = through_outages(
             lambda: upload_export(s3_client(settings), settings, out, job_id),
@@ -262,7 +274,7 @@ def _export(
             on_retry=lease.note_retry,
             should_stop=heartbeat.lost.is_set,
         )
-        lease.succeed(files)
+        lease.succeed(files, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

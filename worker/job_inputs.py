@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from contract import JobSpec, Phase
-from core.pipeline import PreparedJob, prepare_job
+from contract import JobSpec, Phase, SearchState
+from core.pipeline import PreparedJob, evaluate_job, prepare_job
 from service.db import transaction
 from service.fit import check_bounds
-from service.inputs import resolve_input
+from service.inputs import resolve_evaluation_data, resolve_input
 from service.settings import Settings
 from service.storage import s3_client
 from worker.downloads import fetch_calibration, fetch_model
+from worker.outages import through_outages
 from worker.scratch import evict
 
 
@@ -54,3 +55,42 @@ def prepare(
         machine_budget=settings.cache_budget,
         max_weight_bytes=int(settings.max_model_gb * 2**30),  # hf: models, before downloading
     )
+
+
+def fetch_evaluation_data(spec: JobSpec, tenant_id: str, settings: Settings) -> dict[str, str]:
+    """{source: local path or builtin:/hf: source} of the job's evaluation texts, checked
+    against the tenant's reach like the calibration text and fetched from S3 where they live."""
+    with transaction() as session:
+        resolved = resolve_evaluation_data(session, settings, tenant_id, spec)
+    s3 = s3_client(settings)
+    inputs = settings.cache_dir / "s3"
+    paths = {}
+    for source, where in resolved.items():
+        if where.startswith("s3://"):
+            limit = settings.max_calibration_mb << 20
+            where = str(fetch_calibration(s3, where, inputs, shown_as=source, max_bytes=limit))
+        paths[source] = where
+    evict(inputs, int(settings.download_cache_gb * 2**30))
+    return paths
+
+
+def evaluate(
+    prepared: PreparedJob,
+    spec: JobSpec,
+    state: SearchState,
+    tenant_id: str,
+    settings: Settings,
+    on_retry: Callable[..., None],
+    should_stop: Callable[[], bool],
+) -> dict | None:
+    """The job's evaluation report (None when it asks for none): its texts fetched through S3
+    outages like any input, then core.pipeline.evaluate_job on the loaded model."""
+    if spec.evaluation is None or spec.evaluation.empty:
+        return None
+    paths = through_outages(
+        lambda: fetch_evaluation_data(spec, tenant_id, settings),
+        settings,
+        on_retry=on_retry,
+        should_stop=should_stop,
+    )
+    return evaluate_job(prepared, spec, state, paths=paths)

@@ -130,11 +130,16 @@ class Lease:
 
     @outlasts_database_outages
     def succeed(
-        self, state: SearchState, artifacts: list[dict[str, Any]], progress: Progress
+        self,
+        state: SearchState,
+        artifacts: list[dict[str, Any]],
+        progress: Progress,
+        evaluation: dict[str, Any] | None = None,
     ) -> None:
         with transaction() as s:
             job = self._locked(s)
             job.state, job.artifacts = state.to_json(), artifacts
+            job.evaluation = evaluation
             job.progress = progress.model_dump(mode="json")
             add_event(s, self.job_id, "uploaded", files=len(artifacts))
             transitions.finish(s, job, JobStatus.SUCCEEDED)

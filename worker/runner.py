@@ -17,13 +17,13 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
-from core.pipeline import PreparedJob, export_job
 from core.methods import run_method
+from core.pipeline import PreparedJob, export_job
 from service import fanout, outbox
 from service.settings import Settings, get_settings
 from service.storage import s3_client
 from worker import items
-from worker.job_inputs import prepare
+from worker.job_inputs import evaluate, prepare
 from worker.leases import Heartbeat, Lease, LeaseLost
 from worker.outages import DependencyUnavailable, through_outages
 from worker.scratch import job_scratch
@@ -126,8 +126,15 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     if not state.done or lease.cancel_requested:
         lease.cancel()
         return
+    if spec.evaluation is not None and not spec.evaluation.empty:
+        reporter.phase(Phase.EVALUATING)
+    report = evaluate(
+        prepared, spec, state, lease.tenant_id, settings, lease.note_retry, reporter.should_stop
+    )
+    if heartbeat.lost.is_set():
+        raise LeaseLost(lease.job_id)
     reporter.phase(Phase.EXPORTING)
-    out = export_job(prepared, spec, state, work / "export")
+    out = export_job(prepared, spec, state, work / "export", report)
     lease.renew()  # a cancel that came during the export wins too
     if lease.cancel_requested:
         lease.cancel()
@@ -140,7 +147,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
         should_stop=reporter.should_stop,
     )
     done = state.iteration  # a finished job's progress is whole, whatever its target
-    lease.succeed(state, files, Progress(iteration=done, total_iterations=done))
+    lease.succeed(state, files, Progress(iteration=done, total_iterations=done), report)
 
 
 def _fan_out(lease: Lease, prepared: PreparedJob) -> None:

@@ -22,7 +22,7 @@ from contract import ErrorCode, JobStatus, UserError
 from contract.text import check_clean_text
 from service import jobstore, outbox, transitions
 from service.fit import check_bounds, check_fits
-from service.inputs import resolve_input
+from service.inputs import resolve_evaluation_data, resolve_input
 from service.storage import presigned_url, s3_client
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -48,6 +48,7 @@ def create_job(
     try:
         model = resolve_input(session, settings, tenant, "model", body.model)
         resolve_input(session, settings, tenant, "calibration", body.calibration)
+        resolve_evaluation_data(session, settings, tenant, body.spec())
         check_bounds(settings, body.spec())
         check_fits(settings, body.spec(), model)
     except UserError as e:

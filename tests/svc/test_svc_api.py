@@ -61,6 +61,13 @@ BAD_BODIES = [
     ({**MISSING_MODEL, "metadata": {f"k{i}": "v" for i in range(40)}}, "metadata", "at most 32"),
     ({**MISSING_MODEL, "metadata": {"k": 3}}, "metadata.k", "valid string"),
     ({**MISSING_MODEL, "webhook_url": "ftp://example.com/x"}, "webhook_url", "URL scheme"),
+    ({**MISSING_MODEL, "method": "sleb"}, "num_blocks", "even number"),  # num_blocks 3
+    ({**MISSING_MODEL, "method": "lamp"}, "method", "shortgpt"),
+    ({**MISSING_MODEL, "evaluation": {"data": ["/etc/passwd.txt"]}}, "evaluation", "data[0]"),
+    ({**MISSING_MODEL, "evaluation": {"tasks": ["./my_task.yaml"]}}, "evaluation", "tasks[0]"),
+    ({**MISSING_MODEL, "evaluation": {"data": ["builtin:x"]}}, "evaluation.data.0", "unknown"),
+    ({**MISSING_MODEL, "evaluation": {"seq_len": 8, "stride": 9}}, "evaluation", "stride"),
+    ({**MISSING_MODEL, "evaluation": {"speed": "fast"}}, "evaluation.speed", "boolean"),
 ]
 
 
