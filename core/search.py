@@ -147,15 +147,17 @@ def run_search(
     on_iteration: StateCallback | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    units: Sequence[Unit] | None = None,
+    units: Callable[[BlockModel], Sequence[Unit]] | None = None,
 ) -> SearchState:
     """Greedy BlockPruner search from `state` (a new search if None; it is not modified).
     Returns the final state; its `done` is False if `should_stop` stopped it. `units`: what one
-    step may remove, in tie-break order (default: each block of `config.block_types`, in the
-    paper's order; SLEB gives whole layers)."""
+    step may remove, in tie-break order, for a model (default: each block of
+    `config.block_types`, in the paper's order; SLEB gives whole layers)."""
     config.validate(bm)
     if units is None:
-        units = [(b,) for b in bm.candidates(config.block_types)]
+        candidates: list[Unit] = [(b,) for b in bm.candidates(config.block_types)]
+    else:
+        candidates = list(units(bm))
     state = copy.deepcopy(state) if state is not None else SearchState()
     removed = [Block(r.block, r.layer) for r in state.removed]
     total_params = bm.total_params()
@@ -171,9 +173,9 @@ def run_search(
         state.base_ppl = current_ppl
 
     while not target_reached(state, config):
-        candidates = [u for u in units if not set(u) & set(removed)]
+        remaining = [u for u in candidates if not set(u) & set(removed)]
         best: tuple[float, Unit, After | None] | None = None
-        for n, unit in enumerate(candidates):
+        for n, unit in enumerate(remaining):
             if should_stop is not None and should_stop():
                 return state
             # Keep this candidate's activations only if they fit beside the best one's.
@@ -190,7 +192,7 @@ def run_search(
                         iteration=state.iteration,
                         total_iterations=config.num_blocks,
                         scored=n + 1,
-                        total_candidates=len(candidates),
+                        total_candidates=len(remaining),
                         best_ppl=best[0],
                         best_block=block_ref(best[1][0]),
                         last_block=block_ref(unit[0]),

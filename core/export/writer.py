@@ -30,6 +30,7 @@ import core
 from contract import ErrorCode, UserError
 from core.blocks import Block, BlockModel
 from core.export.hf_modeling_template import NoOpAttention, NoOpMLP
+from core.export.inmemory import block_configs as layer_block_configs
 from core.export.modeling_code import (
     MODEL_TYPE,
     MODELING_FILE,
@@ -87,13 +88,8 @@ def export_pruned(
         for i in range(block_model.num_layers)
         if not {Block("mha", i), Block("mlp", i)} <= removed_set
     ]
-    block_configs = [
-        {
-            "attention": {"no_op": Block("mha", i) in removed_set},
-            "ffn": {"no_op": Block("mlp", i) in removed_set},
-        }
-        for i in kept_layers
-    ]
+    every_layer = layer_block_configs(block_model.num_layers, removed_set)
+    block_configs = [every_layer[i] for i in kept_layers]
     tensors = _kept_tensors(block_model, removed_set, kept_layers)
     try:
         split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)

@@ -14,7 +14,7 @@ ranking), give it a name in `contract.spec.Method`, and register it below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -50,18 +50,8 @@ def run_method(
     input_ids: torch.Tensor,
     config: SearchConfig,
     state: SearchState | None = None,
-    *,
-    on_iteration: Callable[[SearchState], None] | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    **callbacks: Any,
 ) -> SearchState:
-    """Run `config.method` (a new search if `state` is None, else resumed from it)."""
-    return METHODS[config.method](
-        bm,
-        input_ids,
-        config,
-        state,
-        on_iteration=on_iteration,
-        on_progress=on_progress,
-        should_stop=should_stop,
-    )
+    """Run `config.method` (a new search if `state` is None, else resumed from it);
+    `callbacks`: on_iteration, on_progress, should_stop, as `PruningMethod` names them."""
+    return METHODS[config.method](bm, input_ids, config, state, **callbacks)

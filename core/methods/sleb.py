@@ -9,13 +9,10 @@ layer from the cached input of its attention block, with PPLs identical to full 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
-import torch
-
-from contract import Progress, SearchState
 from core.blocks import Block, BlockModel
-from core.search import SearchConfig, Unit, run_search
+from core.search import Unit, run_search
 
 
 def layer_units(bm: BlockModel) -> list[Unit]:
@@ -23,23 +20,4 @@ def layer_units(bm: BlockModel) -> list[Unit]:
     return [(Block("mha", i), Block("mlp", i)) for i in range(bm.num_layers)]
 
 
-def run(
-    bm: BlockModel,
-    input_ids: torch.Tensor,
-    config: SearchConfig,
-    state: SearchState | None = None,
-    *,
-    on_iteration: Callable[[SearchState], None] | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> SearchState:
-    return run_search(
-        bm,
-        input_ids,
-        config,
-        state,
-        on_iteration=on_iteration,
-        on_progress=on_progress,
-        should_stop=should_stop,
-        units=layer_units(bm),
-    )
+run = functools.partial(run_search, units=layer_units)
