@@ -22,6 +22,9 @@ from core.evaluation.perplexity import heldout_ppl
 
 Variant = Callable[[], AbstractContextManager[Any]]
 REPORT_VERSION = 1
+# One prompt of 128 random tokens, then 32 greedy steps on the KV cache, median of 3 interleaved
+# repeats: a short chat turn's shape, and quick enough to run beside a search.
+SPEED_SETTINGS = {"prompt_len": 128, "batch_size": 1, "new_tokens": 32, "repeats": 3}
 
 
 def evaluate(
@@ -75,8 +78,9 @@ def evaluate(
         from core.evaluation.speed import measure_speed
 
         step("speed and memory")
-        speeds = measure_speed(dict(variants))
+        speeds = measure_speed(dict(variants), **SPEED_SETTINGS)
         report["speed"] = {name: result.to_json() for name, result in speeds.items()}
+        report["speed_settings"] = SPEED_SETTINGS
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
 

@@ -76,6 +76,21 @@ def test_a_job_with_an_evaluation_reports_it_everywhere(
         mine.ppl, rel=1e-5
     )
 
+    # `blockprune eval` on the downloaded artifacts, with the job's model as the base (an s3://
+    # model is not reachable from here): the job's report again.
+    if fields["method"] == "sleb":
+        from blockprune.cli import main
+
+        out = tmp_path / "eval"
+        args = ["eval", "--model", str(tmp_path / "export"), "--base", str(tiny_llama["local_dir"])]
+        args += ["--data", str(tiny_llama["calibration_path"]), "--seq-len", "32"]
+        assert main([*args, "--output", str(out)]) == 0
+        again = json.loads((out / "report.json").read_text())
+        for name in ("before", "after"):
+            assert again["perplexity"][str(tiny_llama["calibration_path"])][name] == pytest.approx(
+                report["perplexity"][tiny_llama["calibration"]][name], rel=1e-5
+            )
+
 
 def test_evaluation_texts_are_checked_like_calibration_texts(service, key_a, key_b, tiny_llama):
     from security.helpers import upload
