@@ -82,6 +82,10 @@ def prepare_job(
 
     phase = on_phase or (lambda _: None)
     phase(Phase.LOADING)
+    if spec.evaluation is not None and spec.evaluation.tasks:
+        from core.evaluation.tasks import check_tasks
+
+        check_tasks(spec.evaluation.tasks)  # before the search, not after it
     devices = parse_devices(device)
     source = locate_model(model_path or spec.model, cache_dir, max_weight_bytes)
     shape = read_shape(source.config_dir)

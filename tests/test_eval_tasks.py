@@ -174,3 +174,22 @@ def test_hub_task_offline_is_hub_unreachable(monkeypatch, tmp_path: Path):
         zero_shot(tiny_model("llama"), eos_tokenizer(), ["arc_easy"], limit=2)
     assert e.value.code == ErrorCode.HUB_UNREACHABLE and e.value.field == "tasks"
     assert "HF_HUB_OFFLINE is set" in e.value.message
+
+
+def test_a_job_with_an_unknown_task_fails_before_its_model_is_loaded(tmp_path, monkeypatch):
+    import core.pipeline
+    from contract import JobSpec
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was located before the tasks were checked")
+
+    monkeypatch.setattr("core.models.locate_model", no_load)
+    spec = JobSpec(
+        model="builtin:smollm2-135m",
+        calibration="builtin:stdlib-docs",
+        num_blocks=2,
+        evaluation={"tasks": [str(tmp_path / "missing.yaml")]},
+    )
+    with pytest.raises(UserError) as e:
+        core.pipeline.prepare_job(spec)
+    assert e.value.field == "tasks" and e.value.code == ErrorCode.NOT_FOUND

@@ -49,36 +49,14 @@ def zero_shot(
         import lm_eval
         from lm_eval.models.huggingface import HFLM
     except ImportError:
-        message = "zero-shot tasks need lm-evaluation-harness: pip install -e '.[eval]'"
-        raise UserError(FIELD, message, ErrorCode.MISSING_DEPENDENCY) from None
-    tasks = [tasks] if isinstance(tasks, str) else list(tasks)  # one name, not its letters
-    if not tasks:
-        raise UserError(FIELD, "no task given")
+        raise _missing_lm_eval() from None
     if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
         # lm_eval scores an empty context after the BOS (or else EOS) token and probes every
         # string for that token's text: with neither it fails deep inside on a None token id.
         message = "the tokenizer has neither a BOS nor an EOS token, which zero-shot tasks need"
         raise UserError("model", message, ErrorCode.BAD_TOKENIZER)
-
-    names: list[str] = []
-    folders: dict[str, None] = {}  # ordered, without repeats
-    for entry in tasks:
-        if not is_local_task(entry):
-            names.append(entry)
-            continue
-        path = Path(entry).expanduser()
-        if not path.is_file():
-            raise UserError(FIELD, f"no task file {entry}", ErrorCode.NOT_FOUND)
-        names.append(_task_name(path))
-        folders[str(path.resolve().parent)] = None
+    manager, names = _resolve(tasks)
     with _quiet_lm_eval():
-        # Indexing the harness's ~15k bundled task configs takes seconds: only done when a
-        # harness name is asked for (a local YAML that includes a harness task's YAML by
-        # relative path still works; one that names a harness task needs that name given too).
-        manager = _task_manager(tuple(folders), any(not is_local_task(t) for t in tasks))
-        for entry, name in zip(tasks, names, strict=True):
-            if name not in manager.all_tasks:
-                raise UserError(FIELD, _unknown(entry, name, manager.all_tasks))
         if device is not None:
             model.to(device)  # HFLM ignores `device` for a model passed in memory
         # backend="causal": our models are all decoder-only, and an export's config says
@@ -99,6 +77,48 @@ def zero_shot(
             raise error from e
     assert out is not None  # None only on a non-zero rank of a distributed run
     return _plain(out)
+
+
+def check_tasks(tasks: Sequence[str]) -> None:
+    """Fail now, before any model is loaded or searched, on what `zero_shot` would refuse:
+    lm_eval missing, a task file missing, a name the harness does not know."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise _missing_lm_eval() from None
+    _resolve(tasks)
+
+
+def _missing_lm_eval() -> UserError:
+    message = "zero-shot tasks need lm-evaluation-harness: pip install -e '.[eval]'"
+    return UserError(FIELD, message, ErrorCode.MISSING_DEPENDENCY)
+
+
+def _resolve(tasks: Sequence[str]) -> tuple[Any, list[str]]:
+    """lm_eval's task manager for `tasks` and their names, each checked."""
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)  # one name, not its letters
+    if not tasks:
+        raise UserError(FIELD, "no task given")
+    names: list[str] = []
+    folders: dict[str, None] = {}  # ordered, without repeats
+    for entry in tasks:
+        if not is_local_task(entry):
+            names.append(entry)
+            continue
+        path = Path(entry).expanduser()
+        if not path.is_file():
+            raise UserError(FIELD, f"no task file {entry}", ErrorCode.NOT_FOUND)
+        names.append(_task_name(path))
+        folders[str(path.resolve().parent)] = None
+    with _quiet_lm_eval():
+        # Indexing the harness's ~15k bundled task configs takes seconds: only done when a
+        # harness name is asked for (a local YAML that includes a harness task's YAML by
+        # relative path still works; one that names a harness task needs that name given too).
+        manager = _task_manager(tuple(folders), any(not is_local_task(t) for t in tasks))
+        for entry, name in zip(tasks, names, strict=True):
+            if name not in manager.all_tasks:
+                raise UserError(FIELD, _unknown(entry, name, manager.all_tasks))
+    return manager, names
 
 
 def _task_name(path: Path) -> str:
