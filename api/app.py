@@ -11,7 +11,8 @@ from fastapi import FastAPI
 
 from api.errors import error_code_table, install_error_handlers
 from api.limits import BodyLimit, InFlightLimit
-from api.routers import health, jobs, tenant, uploads
+from api.routers import health, jobs, metrics, tenant, ui, uploads
+from api.telemetry import RequestTelemetry
 from contract import __version__
 from service.outbox import Relay
 from service.settings import get_settings
@@ -52,9 +53,14 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(uploads.router, prefix="/v1")
     app.include_router(tenant.router, prefix="/v1")
+    app.include_router(ui.router)  # the web dashboard at /ui (docs/dashboard.md)
     settings = get_settings()
+    if settings.metrics_enabled:  # Prometheus' GET /metrics (docs/observability.md)
+        app.include_router(metrics.router)
     # One pooled connection per request inside, one for the outbox relay (api.limits).
     app.add_middleware(InFlightLimit, limit=max(1, settings.db_pool_capacity() - 1))
     # Outermost: a body over the limit never reaches authentication or the JSON parser.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # Around even that: every answer, a 413 included, gets a request id, a log line, metrics.
+    app.add_middleware(RequestTelemetry)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import nullcontext
 
 DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 4))
 
@@ -28,7 +29,22 @@ def add_api_commands(subparsers: argparse._SubParsersAction) -> None:
 def serve_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run(
-        "api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
-    )
+    from service.logs import logging_config
+    from service.multiproc import multiprocess_dir
+    from service.settings import get_settings
+
+    # Several processes: /metrics, answered by any one of them, adds up all of theirs.
+    shared = multiprocess_dir("blockprune-api-metrics-") if args.workers > 1 else nullcontext()
+    with shared:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            # Every line in BLOCKPRUNE_LOG_FORMAT, uvicorn's too; api.telemetry writes one line
+            # per request (with its id, route and duration) in place of uvicorn's access log.
+            log_config=logging_config(get_settings().log_format),
+            access_log=False,
+        )
     return 0

@@ -9,6 +9,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from blockprune.jobs_cli import add_jobs_commands
     from contract import __version__
     from core.cli import add_engine_commands
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"blockprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_engine_commands(sub)
+    add_jobs_commands(sub)  # a service's jobs, through its API: needs only httpx
     try:
         from api.commands import add_api_commands
         from service.commands import add_admin_commands

@@ -14,10 +14,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ByteSize
 
-from contract import EMBEDDED_DEFAULTS, JobSpec, Phase, Progress, SearchState, UserError
+from contract import EMBEDDED_DEFAULTS, JobSpec, SearchState, UserError
 from contract.memory import DEVICE_HELP
 from contract.spec import TARGET_FIELDS
 from core.eval_cli import add_eval_command, add_evaluation_options, evaluation_from_args
+from core.gguf_cli import add_export_gguf_command
 from core.report import format_table, table_rows
 
 # `blockprune ppl` measures a model the way a job's search does: it takes these of a job's
@@ -49,6 +50,7 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_plan)
 
     add_eval_command(sub)
+    add_export_gguf_command(sub)
 
 
 # ---- options derived from JobSpec ---------------------------------------------------------
@@ -131,9 +133,8 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from core.pipeline import run_prune
+    from core.progress import SearchBar
 
     _quiet_transformers()
     spec = spec_from_args(args)
@@ -154,29 +155,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         )
     output.parent.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(total=0, unit="cand", dynamic_ncols=True, disable=None)
+    bar = SearchBar()
     started = time.time()
-
-    def on_phase(phase: Phase) -> None:
-        bar.set_description(phase.value)
-
-    def on_progress(p: Progress) -> None:
-        if p.total_iterations is None:  # ratio target: grow as we go
-            if p.scored == 1:
-                bar.total = (bar.total or 0) + p.total_candidates
-        elif not bar.total:  # all candidates of all remaining iterations, so ETA is the job's
-            left = p.total_iterations - p.iteration
-            bar.total = sum(p.total_candidates - k for k in range(left))
-        bar.set_description(f"iteration {p.iteration + 1}/{p.total_iterations or '?'}")
-        if p.best_block is not None:
-            best = f"{p.best_block.block}.{p.best_block.layer}"
-            bar.set_postfix_str(f"best ppl {p.best_ppl:.3f} ({best})")
-        bar.update(1)
 
     def on_iteration(state: SearchState) -> None:
         _write_json_atomic(state_file, state.to_json())
-        last = state.removed[-1]
-        bar.write(f"removed {last.block}.{last.layer}: ppl {last.ppl:.3f}")
+        bar.removed(state.removed[-1])
 
     result = run_prune(
         spec,
@@ -184,11 +168,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         device=args.device,
         state=state,
         overwrite=args.overwrite,
-        on_phase=on_phase,
+        on_phase=bar.phase,
         on_plan=bar.write,
-        on_progress=on_progress,
+        on_progress=bar.scored,
         on_iteration=on_iteration,
-        on_step=lambda step: bar.write(f"  {step}"),
+        on_step=bar.step,
     )
     bar.close()
     state_file.unlink(missing_ok=True)  # the export's pruning.json now holds the whole result
@@ -201,14 +185,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def print_summary(info: dict, seconds: float) -> None:
-    rows = [("step", "block", "layer", "ppl")]
-    rows.append(("0", "-", "-", f"{info['base_ppl']:.3f}"))
-    for n, r in enumerate(info["removed"], 1):
-        rows.append((str(n), r["block"], str(r["layer"]), f"{r['ppl']:.3f}"))
-    print_table(rows)
+    print_table(removed_rows(info["base_ppl"], info["removed"]))
     before, after = info["params_before"], info["params_after"]
     print(f"parameters: {before:,} -> {after:,} ({100 * (1 - after / before):.1f}% removed)")
     print(f"time: {seconds:.0f} s")
+
+
+def removed_rows(base_ppl: float | None, removed: Sequence[dict]) -> list[tuple[str, ...]]:
+    """The PPL after each removed block (pruning.json's or a job's `removed`), from the base."""
+    rows: list[tuple[str, ...]] = [
+        ("step", "block", "layer", "ppl"),
+        ("0", "-", "-", _ppl(base_ppl)),
+    ]
+    for n, r in enumerate(removed, 1):
+        rows.append((str(n), r["block"], str(r["layer"]), _ppl(r["ppl"])))
+    return rows
+
+
+def _ppl(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:

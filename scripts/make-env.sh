@@ -17,5 +17,7 @@ MINIO_ROOT_PASSWORD=$(secret)
 # The service's own S3 user (made by the create-bucket step), not MinIO's root.
 BLOCKPRUNE_S3_ACCESS_KEY=blockprune-$(python3 -c 'import secrets; print(secrets.token_hex(4))')
 BLOCKPRUNE_S3_SECRET_KEY=$(secret)
+# Grafana's admin (docker compose --profile monitoring).
+GRAFANA_ADMIN_PASSWORD=$(secret)
 ENV
 echo "wrote .env (mode 600)"

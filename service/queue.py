@@ -129,3 +129,8 @@ def first_receipt(task_id: str | None) -> bool:
         return bool(_markers().set(key, "1", nx=True, ex=int(get_settings().waiting_marker_ttl_s)))
     except redis.RedisError:
         return True
+
+
+def queue_depth() -> int:
+    """Messages waiting in the Celery queue (a Redis list); the metrics read it."""
+    return int(_markers().llen(get_settings().queue))

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.logs import LogFormat
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BLOCKPRUNE_", extra="ignore")
@@ -122,7 +124,26 @@ class Settings(BaseSettings):
     # ---- API --------------------------------------------------------------------------------
     api_page_size_max: int = Field(100, ge=1)
 
-    @field_validator("s3_endpoint_url", "s3_public_endpoint_url", mode="before")
+    # ---- logs and metrics (docs/observability.md) -------------------------------------------
+    log_format: LogFormat = "json"  # json: one object per line (service.logs)
+    # GET /metrics on the API: no tenant data in it, so open unless the operator closes it
+    # (off), or asks Prometheus for `Authorization: Bearer <token>`.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
+    # A worker's metrics: served on this port by its main process (0: not served), and/or
+    # pushed to a Prometheus Pushgateway every pushgateway_interval_s.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
+    pushgateway_url: str | None = None
+    pushgateway_interval_s: float = Field(15, gt=0)
+
+    @field_validator(
+        "s3_endpoint_url",
+        "s3_public_endpoint_url",
+        "metrics_token",
+        "pushgateway_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v

@@ -9,9 +9,9 @@ Heavy imports (celery, the engine) happen inside the commands.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+from contextlib import nullcontext
 
 
 def add_worker_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -27,27 +27,39 @@ def add_worker_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from service.logs import configure_logging
+    from service.multiproc import multiprocess_dir
     from service.settings import get_settings
 
     if args.no_reaper:
         os.environ["BLOCKPRUNE_WORKER_RUNS_REAPER"] = "false"
         get_settings.cache_clear()
-    from worker.tasks import app
+    settings = get_settings()
+    # From the first line: Celery warns (running as root, say) before it sets logging up.
+    configure_logging(settings.log_format, args.loglevel.upper())
+    # The pool's child runs the tasks, this process serves their metrics: a folder they share,
+    # set before worker.tasks imports prometheus_client (worker.metrics).
+    exported = settings.worker_metrics_port or settings.pushgateway_url
+    with multiprocess_dir("blockprune-worker-metrics-") if exported else nullcontext():
+        from worker.tasks import app
 
-    # Concurrency 1: one job at a time per worker (run more workers to run more jobs).
-    argv = ["worker", f"--loglevel={args.loglevel}", f"--pool={args.pool}", "--concurrency=1"]
-    argv += ["--without-gossip", "--without-mingle"]
-    app.worker_main(argv)
+        # Concurrency 1: one job at a time per worker (run more workers to run more jobs).
+        argv = ["worker", f"--loglevel={args.loglevel}", f"--pool={args.pool}", "--concurrency=1"]
+        argv += ["--without-gossip", "--without-mingle"]
+        if settings.log_format == "json":
+            argv.insert(0, "--quiet")  # no banner: every line of the log is a JSON object
+        app.worker_main(argv)
     return 0
 
 
 def run_reaper(args: argparse.Namespace) -> int:
+    from service.logs import configure_logging
     from service.outbox import Relay, relay_once
     from service.settings import get_settings
     from worker.reaper import ReaperThread, reap_once
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
+    configure_logging(settings.log_format)
     if args.once:
         print(f"re-enqueued {len(reap_once(settings))} jobs")
         print(f"sent {relay_once(settings)} queue messages from the outbox")

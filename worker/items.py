@@ -26,8 +26,10 @@ from service import fanout, outbox, transitions
 from service.backoff import worth_an_event
 from service.db import transaction
 from service.jobstore import add_event
+from service.logs import bind_log_context
 from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
+from worker import metrics
 from worker.job_inputs import evaluate, prepare
 from worker.leases import Heartbeat, LeaseLost, add_outage_event
 from worker.outages import (
@@ -171,16 +173,21 @@ def execute_item(item_id: int) -> None:
     owner = f"{socket.gethostname()}:{os.getpid()}"
     lease = ItemLease.claim(item_id, owner, settings.lease_s)
     if lease is None:
+        metrics.ITEMS.labels("skipped").inc()
         return
     heartbeat = Heartbeat(
         lease.renew, f"work item {item_id}", settings.heartbeat_s, stop_on=(LeaseLost, Stop)
     )
     heartbeat.start()
+    outcome = "error"  # unless the item ends otherwise (metrics.ITEM_OUTCOMES)
     try:
         _run(lease, heartbeat, settings)
+        outcome = "done"
     except (LeaseLost, Stop):
+        outcome = "stopped"
         log.info("work item %s stopped: lease lost or job ended", item_id)
     except (UserError, DependencyUnavailable) as e:
+        outcome = "failed"
         log.info("work item %s: job failed: %s", item_id, e)
         try:
             lease.fail(e.to_json())
@@ -195,6 +202,8 @@ def execute_item(item_id: int) -> None:
     finally:
         heartbeat.stop()
         outbox.flush(settings)  # what this task queued (re-queue, shares, export) goes out now
+        metrics.ITEMS.labels(outcome).inc()
+        log.info("work item %s ended: %s", item_id, outcome)
 
 
 def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
@@ -208,6 +217,7 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
         state = SearchState.from_json(job.state)
         kind, iteration, candidates = item.kind, item.iteration, [tuple(c) for c in item.candidates]
         done_already = fanout.scored(s, job_id, iteration)
+    bind_log_context(job_id=job_id)
     prepared, scorer = _loaded.get(job_id) or keep_loaded(
         job_id,
         through_outages(
@@ -224,10 +234,14 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
     removed = [Block(r.block, r.layer) for r in state.removed]
     todo = [Block(b, layer) for b, layer in candidates if (b, layer) not in done_already]
 
+    candidate_time = metrics.Lap(metrics.CANDIDATE_SECONDS)
+
     def on_score(block: Block, ppl: float) -> None:
+        candidate_time.observe()
         assert scorer.removed_ppl is not None  # the scorer's full pass comes before any score
         lease.record((block.kind, block.layer), ppl, scorer.removed_ppl)
         _pause(settings, heartbeat)
+        candidate_time.restart()
 
     scorer.score(removed, todo, on_score=on_score, should_stop=heartbeat.lost.is_set)
     if heartbeat.lost.is_set():

@@ -10,8 +10,10 @@ by service.transitions.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from service.backoff import worth_an_event
 from service.db import transaction
 from service.jobstore import add_event
 from service.tables import Job
+from worker.metrics import HEARTBEAT_AGE
 from worker.outages import Dependency, outlasts_database_outages
 
 log = logging.getLogger(__name__)
@@ -232,16 +235,24 @@ class Heartbeat(threading.Thread):
         self.renew, self.what, self.interval_s, self.stop_on = renew, name, interval_s, stop_on
         self.lost = threading.Event()
         self._stopped = threading.Event()
+        self._context = contextvars.copy_context()  # its log lines name the task's job
 
     def run(self) -> None:
+        self._context.run(self._beat)
+
+    def _beat(self) -> None:
+        renewed = time.monotonic()
         while not self._stopped.wait(self.interval_s):
             try:
                 self.renew()
+                renewed = time.monotonic()
             except self.stop_on:
                 self.lost.set()
                 return
             except Exception:  # a database blip; the lease outlives a few missed beats
                 log.exception("heartbeat of %s failed", self.what)
+            HEARTBEAT_AGE.set(time.monotonic() - renewed)
 
     def stop(self) -> None:
         self._stopped.set()
+        HEARTBEAT_AGE.set(0)  # no task, no lease to renew

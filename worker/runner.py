@@ -22,7 +22,7 @@ from core.pipeline import PreparedJob, export_job
 from service import fanout, outbox
 from service.settings import Settings, get_settings
 from service.storage import s3_client
-from worker import items
+from worker import items, metrics
 from worker.job_inputs import evaluate, prepare
 from worker.leases import Heartbeat, Lease, LeaseLost
 from worker.outages import DependencyUnavailable, through_outages
@@ -39,24 +39,34 @@ class Reporter:
         self.lease, self.heartbeat, self.settings = lease, heartbeat, settings
         self.phase_now: Phase | None = None
         self.last_write = 0.0
+        self.iteration_time = metrics.Lap(metrics.ITERATION_SECONDS)
+        self.candidate_time = metrics.Lap(metrics.CANDIDATE_SECONDS)
 
     def phase(self, phase: Phase) -> None:
         if phase != self.phase_now:
             self.phase_now = phase
             self.lease.set_phase(phase)
+        if phase == Phase.SEARCHING:  # the clocks start with the search, not the loading
+            self.iteration_time.restart()
+            self.candidate_time.restart()
 
     def progress(self, progress: Progress) -> None:
+        self.candidate_time.observe()  # the engine calls this after each candidate
         now = time.monotonic()
         if now - self.last_write >= self.settings.progress_write_s:
             self.last_write = now
             self.lease.set_progress(progress)
+        self.candidate_time.restart()
 
     def iteration(self, state: SearchState) -> None:
+        self.iteration_time.observe()
         progress = Progress(iteration=state.iteration, total_iterations=state.total_iterations)
         self.lease.checkpoint(state, progress)
         deadline = time.monotonic() + self.settings.debug_iteration_delay_s
         while time.monotonic() < deadline and not self.should_stop():
             time.sleep(0.05)
+        self.iteration_time.restart()
+        self.candidate_time.restart()
 
     def should_stop(self) -> bool:
         return self.heartbeat.lost.is_set() or self.lease.cancel_requested
@@ -68,18 +78,23 @@ def execute_job(job_id: str) -> None:
     lease = Lease.claim(job_id, f"{socket.gethostname()}:{os.getpid()}", settings.lease_s)
     if lease is None:
         log.info("job %s: nothing to do (finished, held by another worker, or cancelled)", job_id)
+        metrics.JOBS.labels("skipped").inc()
         return
     heartbeat = Heartbeat(lease.renew, f"job {job_id}", settings.heartbeat_s)
     heartbeat.start()
     work = job_scratch(settings, job_id)
+    outcome = "error"  # unless the attempt ends otherwise (metrics.JOB_OUTCOMES)
     try:
-        _run(lease, heartbeat, settings, work)
+        outcome = _run(lease, heartbeat, settings, work)
     except LeaseLost:
+        outcome = "lease_lost"
         log.warning("job %s: lease lost; another worker owns it now", job_id)
     except DependencyUnavailable as e:
+        outcome = "failed"
         log.warning("job %s failed: %s", job_id, e)
         _fail_unless_lease_lost(lease, e.to_json())
     except UserError as e:
+        outcome = "failed"
         log.info("job %s failed: %s", job_id, e)
         _fail_unless_lease_lost(lease, _for_tenant(e, lease, settings, work).to_json())
     except SoftTimeLimitExceeded:
@@ -95,9 +110,12 @@ def execute_job(job_id: str) -> None:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
         outbox.flush(settings)  # what this task queued (re-queue, shares, export) goes out now
+        metrics.JOBS.labels(outcome).inc()
+        log.info("job %s: attempt %d ended: %s", job_id, lease.attempt, outcome)
 
 
-def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> None:
+def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> str:
+    """The attempt, to its end; returns how it ended (metrics.JOB_OUTCOMES)."""
     spec = lease.spec
     reporter = Reporter(lease, heartbeat, settings)
     reporter.phase(Phase.LOADING)
@@ -109,7 +127,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     )
     if lease.parallelism > 1 and spec.method == "blockpruner":  # the one method that fans out
         _fan_out(lease, prepared)
-        return
+        return "fanned_out"
     reporter.phase(Phase.SEARCHING)
     state = run_method(
         prepared.bm,
@@ -125,7 +143,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     lease.renew()  # a cancel that came during the search wins
     if not state.done or lease.cancel_requested:
         lease.cancel()
-        return
+        return "cancelled"
     if spec.evaluation is not None and not spec.evaluation.empty:
         reporter.phase(Phase.EVALUATING)
     report = evaluate(
@@ -138,7 +156,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     lease.renew()  # a cancel that came during the export wins too
     if lease.cancel_requested:
         lease.cancel()
-        return
+        return "cancelled"
     reporter.phase(Phase.UPLOADING)
     files = through_outages(
         lambda: upload_export(s3_client(settings), settings, out, lease.job_id),
@@ -148,6 +166,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     )
     done = state.iteration  # a finished job's progress is whole, whatever its target
     lease.succeed(state, files, Progress(iteration=done, total_iterations=done), report)
+    return "succeeded"
 
 
 def _fan_out(lease: Lease, prepared: PreparedJob) -> None:

@@ -217,3 +217,27 @@ def sent(workers, monkeypatch) -> Sent:
     record = Sent()
     monkeypatch.setattr(queue, "send", lambda kind, ref, task_id=None: record.append((kind, ref)))
     return record
+
+
+@pytest.fixture(scope="session")
+def live_api(database, s3_server):
+    """The API over real HTTP (uvicorn in a thread, on a free port, the app factory), for
+    clients that need a socket: blockprune.client, the `blockprune jobs` commands. Its URL."""
+    import threading
+
+    import uvicorn
+
+    from .helpers import wait_until
+
+    port = free_port()
+    config = uvicorn.Config(
+        "api.app:create_app", factory=True, host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="live-api", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), timeout=30, what="uvicorn")
+    assert server.started, "uvicorn did not start (see the log above)"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -1,0 +1,78 @@
+"""The search's progress bar, shared by `blockprune prune` (fed each candidate as it is scored)
+and `blockprune jobs wait` (fed the job's polled snapshots), so both show the same bar.
+
+It counts candidates, not iterations: an iteration scores every block still in the model, so
+the candidates of all iterations make the ETA the job's, not the running iteration's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from contract import Phase, Progress, RemovedBlock
+
+
+class SearchBar:
+    def __init__(self) -> None:
+        from tqdm import tqdm  # here, not at import: parsing the CLI stays light
+
+        # disable=None: no bar when stderr is not a terminal (logs, CI), only the lines.
+        self.bar = tqdm(total=0, unit="cand", dynamic_ncols=True, disable=None)
+        self.written = 0  # removed blocks already reported
+
+    # ---- the local engine's callbacks (core.pipeline.run_prune) -----------------------------
+    def phase(self, phase: Phase | str) -> None:
+        self.bar.set_description(phase.value if isinstance(phase, Phase) else phase)
+
+    def scored(self, p: Progress) -> None:
+        """One more candidate was scored."""
+        if p.total_iterations is None:  # ratio target: grow as we go
+            if p.scored == 1:
+                self.bar.total = (self.bar.total or 0) + p.total_candidates
+        elif not self.bar.total:  # all candidates of all remaining iterations
+            left = p.total_iterations - p.iteration
+            self.bar.total = sum(p.total_candidates - k for k in range(left))
+        self._describe(p)
+        self.bar.update(1)
+
+    def removed(self, block: RemovedBlock) -> None:
+        self.written += 1
+        self.bar.write(f"removed {block.block}.{block.layer}: ppl {block.ppl:.3f}")
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def step(self, text: str) -> None:
+        self.bar.write(f"  {text}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+    # ---- a remote job's snapshots ------------------------------------------------------------
+    def snapshot(
+        self, stage: Phase | str | None, p: Progress, removed: Sequence[RemovedBlock]
+    ) -> None:
+        """Show a polled job: `stage` its phase (or its status while it has none). A poll may
+        skip candidates, so the count is set from the job's position rather than stepped."""
+        for block in removed[self.written :]:
+            self.removed(block)
+        searching = stage in (Phase.SEARCHING, Phase.SEARCHING.value) and p.total_candidates
+        if not searching:
+            if self.bar.total and p.fraction == 1.0:  # polled past the search's last candidate
+                self.bar.n = self.bar.total
+            if stage is not None:
+                self.phase(stage)
+            return
+        # Each iteration removes one candidate, so iteration k scored `first - k` of them.
+        first = p.total_candidates + p.iteration
+        iterations = p.total_iterations or p.iteration + 1  # a ratio target: what is known
+        self.bar.total = sum(first - k for k in range(iterations))
+        self.bar.n = sum(first - k for k in range(p.iteration)) + p.scored
+        self._describe(p)
+        self.bar.refresh()
+
+    def _describe(self, p: Progress) -> None:
+        self.bar.set_description(f"iteration {p.iteration + 1}/{p.total_iterations or '?'}")
+        if p.best_block is not None:
+            best = f"{p.best_block.block}.{p.best_block.layer}"
+            self.bar.set_postfix_str(f"best ppl {p.best_ppl:.3f} ({best})")
