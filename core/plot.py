@@ -93,7 +93,10 @@ def grouped_bars_svg(title: str, groups: list[tuple[str, dict[str, float], str]]
     series, each group scaled to its own largest value and every bar labelled with its value:
     measures of different units side by side, and how each series compares within one."""
     series = list(dict.fromkeys(name for _, values, _ in groups for name in values))
-    bar, gap, label_w, width = 14, 14, 230, 900
+    # The labels' column as wide as the longest label needs (about 6 px a character at 11 px).
+    longest = max((len(label) for label, _, _ in groups), default=10)
+    bar, gap, width = 14, 14, 900
+    label_w = int(min(width / 2, PAD / 2 + 8 + 6.2 * longest))
     legend_y = PAD
     height = int(legend_y + 24 + sum(len(v) * bar + gap for _, v, _ in groups) + PAD / 2)
     out = [
