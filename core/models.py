@@ -32,6 +32,7 @@ from contract import ErrorCode, UserError
 from contract.sources import BUILTIN_MODELS
 from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
 from core.devices import device_map, parse_devices, place
+from core.files import apply_umask
 from core.hub import locate_hub_model
 
 FIELD = "model"
@@ -257,7 +258,7 @@ def _smollm2_safetensors_dir(target: Path) -> Path:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _apply_umask(tmp)  # mkdtemp makes it private; the cache may be shared with a worker user
+        apply_umask(tmp)  # mkdtemp makes it private; the cache may be shared with a worker user
         try:
             tmp.rename(target)
         except OSError:
@@ -268,11 +269,3 @@ def _smollm2_safetensors_dir(target: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _apply_umask(folder: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)

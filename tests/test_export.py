@@ -165,6 +165,20 @@ def test_every_attention_removed_still_generates(tmp_path):
         assert not any(n.startswith("model.layers.0.self_attn") for n in loaded.state_dict()), name
 
 
+def test_the_export_is_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        out = export_pruned(build_model("llama"), None, REMOVED, tmp_path / "modes", **RECORD)
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert "model.safetensors" in modes  # safetensors writes it owner-only (0600) by itself
+    assert set(modes.values()) == {0o644}, modes
+
+
 def test_sharded_export_loads(tmp_path):
     model = build_model("qwen2")
     out = export_pruned(model, None, REMOVED, tmp_path / "sharded", max_shard_size="8KB", **RECORD)

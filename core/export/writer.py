@@ -39,6 +39,7 @@ from core.export.modeling_code import (
     render_modeling_code,
     tied_names,
 )
+from core.files import apply_umask
 from core.model_card import render_model_card
 from core.plot import pruning_svg
 from core.report import REPORT_FILE, REPORT_PLOT, report_svg
@@ -120,7 +121,6 @@ def export_pruned(
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is an ordinary directory
         if tokenizer is not None:  # first, so that none of its files can replace ours
             tokenizer.save_pretrained(tmp)
         _write_weights(tmp, split, tensors)
@@ -136,6 +136,7 @@ def export_pruned(
         if evaluation is not None:
             _write_json(tmp / REPORT_FILE, evaluation)
             (tmp / REPORT_PLOT).write_text(report_svg(evaluation))
+        apply_umask(tmp)  # an ordinary folder of readable files, not mkdtemp's private ones
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
