@@ -148,11 +148,13 @@ def run_search(
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     units: Callable[[BlockModel], Sequence[Unit]] | None = None,
+    ranked: bool = False,
 ) -> SearchState:
     """Greedy BlockPruner search from `state` (a new search if None; it is not modified).
     Returns the final state; its `done` is False if `should_stop` stopped it. `units`: what one
     step may remove, in tie-break order, for a model (default: each block of
-    `config.block_types`, in the paper's order; SLEB gives whole layers)."""
+    `config.block_types`, in the paper's order; SLEB gives whole layers). `ranked`: the units are
+    a ranking (ShortGPT's), removed in that order: each step scores only the next one."""
     config.validate(bm)
     if units is None:
         candidates: list[Unit] = [(b,) for b in bm.candidates(config.block_types)]
@@ -172,8 +174,10 @@ def run_search(
     if state.base_ppl is None:
         state.base_ppl = current_ppl
 
-    while not target_reached(state, config):
+    while not _target_reached(state, config):
         remaining = [u for u in candidates if not set(u) & set(removed)]
+        if ranked:
+            remaining = remaining[:1]
         best: tuple[float, Unit, After | None] | None = None
         for n, unit in enumerate(remaining):
             if should_stop is not None and should_stop():
@@ -194,8 +198,8 @@ def run_search(
                         scored=n + 1,
                         total_candidates=len(remaining),
                         best_ppl=best[0],
-                        best_block=block_ref(best[1][0]),
-                        last_block=block_ref(unit[0]),
+                        best_block=_ref(best[1][0]),
+                        last_block=_ref(unit[0]),
                     )
                 )
         if best is None:  # nothing left to remove
@@ -217,9 +221,9 @@ def run_search(
     return state
 
 
-def block_ref(block: Block) -> BlockRef:
+def _ref(block: Block) -> BlockRef:
     return BlockRef(block=block.kind, layer=block.layer)
 
 
-def target_reached(state: SearchState, config: SearchConfig) -> bool:
+def _target_reached(state: SearchState, config: SearchConfig) -> bool:
     return config.num_blocks is not None and state.iteration >= config.num_blocks

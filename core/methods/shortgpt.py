@@ -5,22 +5,20 @@ Influence on the calibration tokens, and remove the layers with the lowest score
 
 where x_i is the hidden state entering layer i and x_{i+1} the one leaving it: a layer that
 barely turns the residual stream matters little. The scores come from the unpruned model; the
-PPL recorded after each removal (for the report, the export and `param_ratio`'s bookkeeping) is
-measured with the engine's activation cache, like any other method's.
+removals then go through the engine's loop (core/search.py) as a ranking, so the PPL recorded
+after each one is measured with its activation cache, like any other method's.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from contract import Progress, RemovedBlock, SearchState, UserError
-from core.activations import ActivationCache
+from contract import Progress, SearchState, UserError
 from core.blocks import Block, BlockModel
-from core.search import SearchConfig, block_ref, target_reached
+from core.search import SearchConfig, run_search
 
 
 @torch.inference_mode()
@@ -55,52 +53,21 @@ def run(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SearchState:
+    """The layers in Block Influence order, removed one per step by the engine's loop (which
+    measures each step's PPL with its cache and stops at the target)."""
     config.validate(bm)
-    state = copy.deepcopy(state) if state is not None else SearchState()
     order = removal_order(block_influence(bm, input_ids, config.batch_size))
-    removed = [Block(r.block, r.layer) for r in state.removed]
-    done_layers = [b.layer for b in removed[::2]]
+    done_layers = [r.layer for r in (state.removed if state is not None else [])[::2]]
     if done_layers != order[: len(done_layers)]:  # the same spec always gives the same order
         raise UserError("resume", "the saved state is not a prefix of this model's BI order")
-    total_params = bm.total_params()
-    removed_params = sum(bm.block_params(b) for b in removed)
-    state.total_iterations = config.num_blocks
-    state.done = False
-
-    cache = ActivationCache(
-        bm, input_ids, config.batch_size, config.cache_budget, config.host_budget
+    return run_search(
+        bm,
+        input_ids,
+        config,
+        state,
+        on_iteration=on_iteration,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        units=lambda bm: [(Block("mha", i), Block("mlp", i)) for i in order],
+        ranked=True,
     )
-    current_ppl = cache.build(removed)
-    if state.base_ppl is None:
-        state.base_ppl = current_ppl
-    for layer in order[len(done_layers) :]:
-        if target_reached(state, config):
-            break
-        if should_stop is not None and should_stop():
-            return state
-        unit = (Block("mha", layer), Block("mlp", layer))
-        unit_params = sum(bm.block_params(b) for b in unit)
-        if config.param_ratio is not None:
-            if (removed_params + unit_params) / total_params > config.param_ratio:
-                break  # the last layer not above the ratio was the previous one
-        ppl, after = cache.score(unit, keep=cache.can_hold(unit))
-        cache.adopt(unit, after if after is not None else cache.rerun(unit))
-        removed_params += unit_params
-        current_ppl = ppl
-        state.removed.extend(RemovedBlock(block=b.kind, layer=b.layer, ppl=ppl) for b in unit)
-        if on_progress is not None:
-            progress = Progress(
-                iteration=state.iteration,
-                total_iterations=config.num_blocks,
-                scored=1,
-                total_candidates=1,
-                best_ppl=ppl,
-                best_block=block_ref(unit[0]),
-                last_block=block_ref(unit[0]),
-            )
-            on_progress(progress)
-        if on_iteration is not None:
-            on_iteration(copy.deepcopy(state))
-    state.done = True
-    state.final_ppl = current_ppl
-    return state
