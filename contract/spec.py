@@ -146,6 +146,12 @@ class JobSpec(BaseModel):
             if (values["num_blocks"] is None) == (values["param_ratio"] is None):
                 raise UserError("num_blocks", "give exactly one of num_blocks or param_ratio")
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether the job asks to measure anything before and after (an `evaluation` with at
+        least one measure): the one test of whether it has an `evaluating` phase."""
+        return self.evaluation is not None and not self.evaluation.empty
+
     # ---- what made a result ------------------------------------------------------------------
     def result_fields(self) -> dict[str, Any]:
         """The fields that decide which blocks the search picks (saved with every state). The

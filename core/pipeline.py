@@ -130,7 +130,7 @@ def evaluate_job(
     from core.evaluation.run import Variant, evaluate
     from core.export.inmemory import pruned_view
 
-    if spec.evaluation is None or spec.evaluation.empty:
+    if spec.evaluation is None or not spec.evaluates:
         return None
     model = prepared.loaded.model
     removed = [Block(r.block, r.layer) for r in state.removed]
@@ -225,7 +225,7 @@ def run_prune(
     if not state.done:
         return PruneResult(state, None, cancelled=True)
     evaluation = None
-    if spec.evaluation is not None and not spec.evaluation.empty:
+    if spec.evaluates:
         (on_phase or (lambda _: None))(Phase.EVALUATING)
         evaluation = evaluate_job(prepared, spec, state, on_step=on_step)
     (on_phase or (lambda _: None))(Phase.EXPORTING)

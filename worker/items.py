@@ -274,10 +274,15 @@ def _export(
 
     work = job_scratch(settings, job_id)
     try:
-        if spec.evaluation is not None and not spec.evaluation.empty:
-            lease.set_phase(Phase.EVALUATING)
         report = evaluate(
-            prepared, spec, state, tenant_id, settings, lease.note_retry, heartbeat.lost.is_set
+            prepared,
+            spec,
+            state,
+            tenant_id,
+            settings,
+            lease.set_phase,
+            lease.note_retry,
+            heartbeat.lost.is_set,
         )
         lease.set_phase(Phase.EXPORTING)
         out = export_job(prepared, spec, state, work / "export", report)

@@ -80,13 +80,16 @@ def evaluate(
     state: SearchState,
     tenant_id: str,
     settings: Settings,
+    on_phase: Callable[[Phase], None],
     on_retry: Callable[..., None],
     should_stop: Callable[[], bool],
 ) -> dict | None:
-    """The job's evaluation report (None when it asks for none): its texts fetched through S3
-    outages like any input, then core.pipeline.evaluate_job on the loaded model."""
-    if spec.evaluation is None or spec.evaluation.empty:
+    """The job's evaluation report (None when it asks for none), in the phase `evaluating`: its
+    texts fetched through S3 outages like any input, then core.pipeline.evaluate_job on the
+    loaded model."""
+    if not spec.evaluates:
         return None
+    on_phase(Phase.EVALUATING)
     paths = through_outages(
         lambda: fetch_evaluation_data(spec, tenant_id, settings),
         settings,

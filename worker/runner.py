@@ -144,10 +144,15 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     if not state.done or lease.cancel_requested:
         lease.cancel()
         return "cancelled"
-    if spec.evaluation is not None and not spec.evaluation.empty:
-        reporter.phase(Phase.EVALUATING)
     report = evaluate(
-        prepared, spec, state, lease.tenant_id, settings, lease.note_retry, reporter.should_stop
+        prepared,
+        spec,
+        state,
+        lease.tenant_id,
+        settings,
+        reporter.phase,
+        lease.note_retry,
+        reporter.should_stop,
     )
     if heartbeat.lost.is_set():
         raise LeaseLost(lease.job_id)
