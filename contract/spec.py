@@ -26,6 +26,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from contract.errors import UserError
 from contract.evaluation import EvaluationSpec
+from contract.racing import DEFAULT_RACE_MARGIN, race_problem
 from contract.sources import check_builtin_calibration, check_builtin_model
 from contract.text import CleanStr
 
@@ -33,6 +34,9 @@ Method = Literal["blockpruner", "shortgpt", "sleb"]
 METHODS: tuple[str, ...] = get_args(Method)
 # Methods that remove whole layers: a layer counts as its two blocks in every target.
 LAYER_METHODS = ("shortgpt", "sleb")
+Search = Literal["exact", "racing"]
+SEARCHES: tuple[str, ...] = get_args(Search)
+RACE_FIELDS = ("race_slice", "race_margin")  # settings of the racing search only
 BlockTypes = Literal["mix", "mha", "mlp"]
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockTypes)
 BLOCK_KINDS = ("mha", "mlp")  # the two blocks of a decoder layer; "mix" searches both
@@ -104,6 +108,27 @@ class JobSpec(BaseModel):
         "(recompute from the embeddings); default: what fits beside the model. Changes speed "
         "and memory, never the result",
     )
+    search: Search = Field(
+        "exact",
+        description="exact: score every candidate on every calibration sequence; racing: score "
+        "all on a first slice, finish only those that could still win (each step's PPL is "
+        "still the full-set one)",
+    )
+    race_slice: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="racing: sequences in the first slice; later stages double it (default: "
+        "a quarter of samples, at least 4)",
+    )
+    race_margin: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="racing: how many standard errors of its NLL difference to the leader a "
+        f"candidate may trail by and race on (default {DEFAULT_RACE_MARGIN}); higher is safer "
+        "and slower",
+    )
 
     evaluation: EvaluationSpec | None = Field(
         None,
@@ -121,6 +146,15 @@ class JobSpec(BaseModel):
         problem = layer_method_problem(self.method, self.block_types, self.num_blocks)
         if problem is not None:
             raise _field_error(*problem)
+        problem = search_problem(
+            self.search, self.method, self.samples, self.batch_size, self.race_slice
+        )
+        if problem is not None:
+            raise _field_error(*problem)
+        if self.search == "exact":
+            for name in RACE_FIELDS:
+                if getattr(self, name) is not None:
+                    raise _field_error(name, "applies to search racing only")
         return self
 
     # ---- construction from user input --------------------------------------------------------
@@ -159,6 +193,9 @@ class JobSpec(BaseModel):
         fields = self.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
         if fields["method"] == "blockpruner":
             del fields["method"]
+        if fields["search"] == "exact":  # likewise the default search and its unused settings
+            for name in ("search", *RACE_FIELDS):
+                del fields[name]
         return fields
 
     def config_hash(self) -> str:
@@ -169,7 +206,8 @@ class JobSpec(BaseModel):
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """How `saved` result fields differ from this spec's: ["seq_len: 128 in the state, 64
         now", ...]; empty when a state made with `saved` can be resumed with this spec."""
-        default = {"method": "blockpruner"}  # result_fields() leaves the default method out
+        # result_fields() leaves the default method and search out
+        default = {"method": "blockpruner", "search": "exact"}
         now, saved = {**default, **self.result_fields()}, {**default, **saved}
         return [
             f"{name}: {saved.get(name)!r} in the state, {now[name]!r} now"
@@ -192,6 +230,17 @@ def layer_method_problem(
             f"{method} removes whole layers (2 blocks each): give an even number, got {num_blocks}",
         )
     return None
+
+
+def search_problem(
+    search: str, method: str, samples: int, batch_size: int | None, race_slice: int | None
+) -> tuple[str, str] | None:
+    """(field, message) when `search` cannot run with these settings; else None."""
+    if search != "racing":
+        return None
+    if method == "shortgpt":
+        return "search", "shortgpt ranks layers in one pass: racing applies to greedy methods"
+    return race_problem(samples, batch_size, race_slice)
 
 
 def _field_error(field: str, message: str) -> ValidationError:

@@ -29,6 +29,35 @@ class RemovedBlock(BlockRef):
     ppl: float = Field(description="calibration PPL after removing this block")
 
 
+class RaceStage(BaseModel):
+    """One stage of a racing iteration: who raced, on how many sequences, and who went on."""
+
+    sequences: int = Field(description="calibration sequences scored after this stage")
+    raced: int = Field(description="candidates scored in this stage")
+    kept: list[BlockRef] = Field(
+        description="the blocks of the candidates that went on (after the last stage: the winner)"
+    )
+
+
+class RaceRecord(BaseModel):
+    """A racing iteration, for pruning.json: its stages and, with verify, the exact pick."""
+
+    iteration: int = Field(description="the iteration (1 = the first block removed)")
+    stages: list[RaceStage]
+    work: float = Field(description="candidate-sequence passes, as a fraction of the exact's")
+    winner: RemovedBlock = Field(description="the pick, with its PPL on every sequence")
+    exact: RemovedBlock | None = Field(
+        None, description="verify: the exact search's pick from the same removed blocks"
+    )
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the exact search picked the same block (None: not verified)."""
+        if self.exact is None:
+            return None
+        return (self.winner.block, self.winner.layer) == (self.exact.block, self.exact.layer)
+
+
 @dataclass
 class SearchState:
     spec: dict[str, Any] | None = None  # JobSpec.result_fields() of the spec that made it
@@ -38,6 +67,7 @@ class SearchState:
     total_iterations: int | None = None  # the target when it was last run (None: a ratio)
     done: bool = False
     final_ppl: float | None = None
+    races: list[RaceRecord] = field(default_factory=list)  # a racing search's iterations
 
     @classmethod
     def new(cls, spec: JobSpec) -> SearchState:
@@ -64,6 +94,7 @@ class SearchState:
         )
 
     def to_json(self) -> dict[str, Any]:
+        races = {"races": [r.model_dump(mode="json") for r in self.races]} if self.races else {}
         return {
             "config_hash": self.config_hash,
             "spec": self.spec,
@@ -73,6 +104,7 @@ class SearchState:
             "total_iterations": self.total_iterations,
             "done": self.done,
             "final_ppl": self.final_ppl,
+            **races,
         }
 
     @classmethod
@@ -89,6 +121,7 @@ class SearchState:
                 total_iterations=data.get("total_iterations"),
                 done=bool(data.get("done", False)),
                 final_ppl=_number(data.get("final_ppl")),
+                races=[RaceRecord.model_validate(r) for r in data.get("races", [])],
             )
         except (TypeError, ValueError) as e:
             raise UserError("state", f"not a search state: {e}") from None
@@ -115,10 +148,16 @@ class Progress(BaseModel):
     best_ppl: float | None = Field(None, description="lowest PPL of the running iteration so far")
     best_block: BlockRef | None = Field(None, description="the block that gave best_ppl")
     last_block: BlockRef | None = Field(None, description="the candidate scored last")
+    stage: int | None = Field(
+        None, description="racing: the running stage (1-based); scored counts within it"
+    )
+    stages: int | None = Field(None, description="racing: stages per iteration")
 
     @computed_field(description="share of the job's candidates done; None for a ratio target")
     def fraction(self) -> float | None:
         if not self.total_iterations:
             return None
         within = self.scored / self.total_candidates if self.total_candidates else 0.0
+        if self.stage is not None and self.stages:
+            within = (self.stage - 1 + within) / self.stages
         return min(1.0, (self.iteration + within) / self.total_iterations)

@@ -114,22 +114,35 @@ class ActivationCache:
             and host + also[1] + more[1] <= self.host_budget
         )
 
-    @torch.inference_mode()
     def score(self, block: Candidate, keep: bool = True) -> tuple[float, After | None]:
         """PPL with `block` (or every block of a tuple) also removed; with `keep`, the
         activations after it too."""
+        nlls, after = self.sequence_nlls(block, keep=keep)
+        return ppl_from_nlls(nlls), after
+
+    @torch.inference_mode()
+    def sequence_nlls(
+        self, block: Candidate, chunks: range | None = None, keep: bool = False
+    ) -> tuple[torch.Tensor, After | None]:
+        """Each sequence's mean NLL with `block` also removed, over the sequence chunks
+        `chunks` (default: all). Chunk by chunk, the same tensors as `score`'s, so the NLLs of
+        several ranges, concatenated in order, are bit-identical to one call over all of them
+        (racing scores a first slice, then the rest). `keep` needs every chunk."""
         positions = self._positions(block)
         if positions & self.skip:
             raise UserError("candidates", f"block {block} is already removed")
+        chunks = range(len(self.chunks)) if chunks is None else chunks
+        if keep and chunks != range(len(self.chunks)):
+            raise ValueError("keeping the activations after a candidate needs every chunk")
         pos = min(positions)
         after: After | None = {p: [] for p in self.layout.kept if p > pos} if keep else None
         skip = self.skip | positions
         nlls = []
-        for c, ids in enumerate(self.chunks):
+        for c in chunks:
             start, h = self._start(pos, c)
             h = self._run(h, start, self.bm.num_positions, skip, after)
-            nlls.append(self.bm.sequence_nll(h, ids))
-        return ppl_from_nlls(torch.cat(nlls)), after
+            nlls.append(self.bm.sequence_nll(h, self.chunks[c]))
+        return torch.cat(nlls), after
 
     @torch.inference_mode()
     def rerun(self, block: Candidate) -> After:

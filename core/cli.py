@@ -35,6 +35,12 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help=f"where to run: {DEVICE_HELP}")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's saved state")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --search racing: also run each iteration exactly and report where the "
+        "picks differ, with both PPLs (costs an exact search)",
+    )
     p.set_defaults(func=cmd_prune)
 
     q = sub.add_parser("ppl", help="perplexity of a model (also an exported pruned DIR)")
@@ -138,6 +144,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     spec = spec_from_args(args)
+    if args.verify and spec.search != "racing":
+        raise UserError(
+            "verify", "checks a racing search against the exact one: add --search racing"
+        )
     name = spec.model.split(":")[-1].rstrip("/").split("/")[-1] or "model"
     target = f"{spec.num_blocks}blocks" if spec.num_blocks else f"ratio{spec.param_ratio}"
     kind = spec.block_types if spec.method == "blockpruner" else spec.method
@@ -173,13 +183,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         on_progress=bar.scored,
         on_iteration=on_iteration,
         on_step=bar.step,
+        verify=args.verify,
     )
     bar.close()
     state_file.unlink(missing_ok=True)  # the export's pruning.json now holds the whole result
     assert result.out_dir is not None  # no should_stop given: the search always finishes
-    print_summary(json.loads((result.out_dir / "pruning.json").read_text()), time.time() - started)
+    info = json.loads((result.out_dir / "pruning.json").read_text())
+    print_summary(info, time.time() - started)
     if result.evaluation is not None:
         print(format_table(table_rows(result.evaluation)))
+    if info.get("search", {}).get("mode") == "racing":
+        print_table(race_rows(info["search"]))
     print(f"pruned model written to {result.out_dir.resolve()}")
     return 0
 
@@ -199,6 +213,25 @@ def removed_rows(base_ppl: float | None, removed: Sequence[dict]) -> list[tuple[
     ]
     for n, r in enumerate(removed, 1):
         rows.append((str(n), r["block"], str(r["layer"]), _ppl(r["ppl"])))
+    return rows
+
+
+def race_rows(search: dict) -> list[tuple[str, ...]]:
+    """Per racing iteration: candidates left after each stage, the work against an exact
+    iteration's, and (verified) the exact pick where it differs."""
+    ends = "/".join(str(n) for n in search["stage_sequences"])
+    rows: list[tuple[str, ...]] = [("step", f"racing on {ends} sequences", "work", "exact pick")]
+    for race in search["iterations"]:
+        raced = " -> ".join(str(s["raced"]) for s in race["stages"])
+        exact = race.get("exact")
+        if exact is None:
+            check = "-"
+        elif (exact["block"], exact["layer"]) == (race["winner"]["block"], race["winner"]["layer"]):
+            check = "same"
+        else:
+            ours = race["winner"]["ppl"]
+            check = f"{exact['block']}.{exact['layer']} ppl {exact['ppl']:.3f} (ours {ours:.3f})"
+        rows.append((str(race["iteration"]), f"{raced} -> 1", f"{race['work']:.0%}", check))
     return rows
 
 

@@ -18,6 +18,24 @@ METHODS = {
 }
 
 
+def _racing_note(search: dict | None) -> list[str]:
+    """How a racing search chose (its PPLs are still on every calibration sequence)."""
+    if not search or search.get("mode") != "racing":
+        return []
+    stages = "/".join(str(n) for n in search["stage_sequences"])
+    note = (
+        f"Searched by racing: candidates scored on {stages} sequences in stages, those that "
+        f"could not win dropped at a margin of {search['margin']} standard errors; each PPL "
+        "above is on every calibration sequence."
+    )
+    if "disagreements" in search:
+        note += (
+            f" Checked against the exact search: {len(search['disagreements'])} of "
+            f"{search['verified']} picks differ."
+        )
+    return ["", note]
+
+
 def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None = None) -> str:
     """A short card: base model, removed blocks, perplexity and size before/after, the
     evaluation's table when there is one, how to load."""
@@ -62,6 +80,7 @@ def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None =
         f"Calibration: `{json.dumps(pruning['calibration'], sort_keys=True)}`, "
         f"seed {pruning['seed']}. Exported layer j is original layer `kept_layers[j]` "
         "in `pruning.json`, which holds this whole record.",
+        *_racing_note(pruning.get("search")),
         "",
         "## Loading",
         "",

@@ -39,11 +39,24 @@ class PreparedJob:
     cache_budget: int | None = None  # the budgets the planner chose for this machine
     host_budget: int = 0
 
-    def search_config(self, spec: JobSpec) -> Any:
-        """The spec's core.search.SearchConfig with this machine's budgets."""
+    def search_config(self, spec: JobSpec, verify: bool = False) -> Any:
+        """The spec's core.search.SearchConfig with this machine's budgets (`verify`: a racing
+        search also runs each iteration exactly and records the exact pick)."""
         from core.search import SearchConfig
 
-        return SearchConfig.of(spec, self.cache_budget, self.host_budget)
+        return SearchConfig.of(spec, self.cache_budget, self.host_budget, verify)
+
+    def search_record(self, spec: JobSpec, state: SearchState) -> dict:
+        """pruning.json's account of the search (core.racing.search_record)."""
+        from contract.racing import race_stages
+        from core.racing import search_record
+
+        if spec.search != "racing":
+            return search_record(spec.search)
+        samples = len(self.input_ids)
+        stages = race_stages(samples, spec.batch_size, spec.race_slice)
+        margin = self.search_config(spec).race_margin
+        return search_record(spec.search, stages, margin, state.races)
 
     def scorer(self, spec: JobSpec) -> Any:
         """A core.search.CandidateScorer for shares of this job's iterations."""
@@ -170,6 +183,7 @@ def export_job(
             "settings": spec.model_dump(mode="json"),
         },
         method=spec.method,
+        search=prepared.search_record(spec, state),
         evaluation=evaluation,
         **kw,
     )
@@ -192,9 +206,11 @@ def run_prune(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[str], None] | None = None,
+    verify: bool = False,
 ) -> PruneResult:
     """Run one pruning job: prepare, search (from `state`, resumed), evaluate if asked, export.
-    `on_step` hears the evaluation's steps."""
+    `on_step` hears the evaluation's steps; `verify`: a racing search checks each pick against
+    the exact search's (pruning.json reports any disagreement)."""
     from core.methods import run_method
 
     if state is None:
@@ -216,7 +232,7 @@ def run_prune(
     state = run_method(
         prepared.bm,
         prepared.input_ids,
-        prepared.search_config(spec),
+        prepared.search_config(spec, verify),
         state,
         on_iteration=on_iteration,
         on_progress=on_progress,

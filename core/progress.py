@@ -26,6 +26,9 @@ class SearchBar:
 
     def scored(self, p: Progress) -> None:
         """One more candidate was scored."""
+        if p.stage is not None:  # racing: how many race on is known only stage by stage
+            self._racing(p)
+            return
         if p.total_iterations is None:  # ratio target: grow as we go
             if p.scored == 1:
                 self.bar.total = (self.bar.total or 0) + p.total_candidates
@@ -57,6 +60,9 @@ class SearchBar:
         for block in removed[self.written :]:
             self.removed(block)
         searching = stage in (Phase.SEARCHING, Phase.SEARCHING.value) and p.total_candidates
+        if searching and p.stage is not None:
+            self._racing(p)
+            return
         if not searching:
             if self.bar.total and p.fraction == 1.0:  # polled past the search's last candidate
                 self.bar.n = self.bar.total
@@ -71,8 +77,21 @@ class SearchBar:
         self._describe(p)
         self.bar.refresh()
 
+    def _racing(self, p: Progress) -> None:
+        """A racing search's bar: the job's fraction in percent (candidates within the stage
+        for a ratio target, whose length is unknown)."""
+        fraction: float | None = p.fraction  # type: ignore[assignment]  # a computed field
+        if fraction is not None:
+            self.bar.total, self.bar.unit = 100, "%"
+            self.bar.n = round(100 * fraction, 1)
+        else:
+            self.bar.total, self.bar.n = p.total_candidates, p.scored
+        self._describe(p)
+        self.bar.refresh()
+
     def _describe(self, p: Progress) -> None:
-        self.bar.set_description(f"iteration {p.iteration + 1}/{p.total_iterations or '?'}")
+        stage = f", stage {p.stage}/{p.stages}" if p.stage is not None else ""
+        self.bar.set_description(f"iteration {p.iteration + 1}/{p.total_iterations or '?'}{stage}")
         if p.best_block is not None:
             best = f"{p.best_block.block}.{p.best_block.layer}"
             self.bar.set_postfix_str(f"best ppl {p.best_ppl:.3f} ({best})")

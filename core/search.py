@@ -21,12 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from contract import BlockRef, JobSpec, Progress, RemovedBlock, SearchState, UserError
-from contract.spec import layer_method_problem
+from contract.racing import DEFAULT_RACE_MARGIN, race_chunk, race_stages
+from contract.spec import layer_method_problem, search_problem
 from core.activations import ActivationCache, After
 from core.blocks import Block, BlockModel
-
-# What one greedy step removes: one block (BlockPruner) or the blocks of a layer (SLEB).
-Unit = tuple[Block, ...]
+from core.racing import Unit, race_iteration, verified
 
 ProgressCallback = Callable[[Progress], None]
 StateCallback = Callable[[SearchState], None]
@@ -43,10 +42,18 @@ class SearchConfig:
     batch_size: int | None = None  # sequences per forward chunk; None = all at once
     cache_budget: int | None = None  # bytes of device memory for activations; None = all
     host_budget: int = 0  # bytes of pinned CPU memory for what the device budget leaves out
+    search: str = "exact"  # or "racing" (core.racing)
+    race_slice: int | None = None  # sequences in racing's first slice; None: the default
+    race_margin: float = DEFAULT_RACE_MARGIN  # math.inf: no candidate dropped (= exact)
+    verify: bool = False  # racing: also run each iteration exactly and record its pick
 
     @classmethod
     def of(
-        cls, spec: JobSpec, cache_budget: int | None = None, host_budget: int = 0
+        cls,
+        spec: JobSpec,
+        cache_budget: int | None = None,
+        host_budget: int = 0,
+        verify: bool = False,
     ) -> SearchConfig:
         """The spec's search settings; `cache_budget` is the machine's budget where the spec
         has none (the CLI's and the worker's planner decide it)."""
@@ -59,7 +66,17 @@ class SearchConfig:
             spec.batch_size,
             budget,
             host_budget,
+            spec.search,
+            spec.race_slice,
+            spec.race_margin if spec.race_margin is not None else DEFAULT_RACE_MARGIN,
+            verify,
         )
+
+    def chunk(self, samples: int) -> int | None:
+        """Sequences per forward chunk: racing's stages end on chunk boundaries."""
+        if self.search != "racing":
+            return self.batch_size
+        return race_chunk(samples, self.batch_size, self.race_slice)
 
     def check(self) -> None:
         """The checks that need no model, by JobSpec's rules (the one home of the bounds)."""
@@ -74,10 +91,21 @@ class SearchConfig:
         problem = layer_method_problem(self.method, self.block_types, self.num_blocks)
         if problem is not None:
             raise UserError(*problem)
+        if self.search not in ("exact", "racing"):
+            raise UserError("search", f"must be exact or racing, got {self.search!r}")
+        if not self.race_margin >= 0:
+            raise UserError("race_margin", f"must be at least 0, got {self.race_margin}")
 
-    def validate(self, bm: BlockModel) -> None:
-        """`check()`, and the bound only a model knows: how many blocks it has to remove."""
+    def validate(self, bm: BlockModel, samples: int | None = None) -> None:
+        """`check()`, and the bounds only a model and its calibration know: how many blocks it
+        has to remove, and whether racing has sequences to race on."""
         self.check()
+        if samples is not None:
+            problem = search_problem(
+                self.search, self.method, samples, self.batch_size, self.race_slice
+            )
+            if problem is not None:
+                raise UserError(*problem)
         max_blocks = len(bm.candidates(self.block_types))
         if self.num_blocks is not None and self.num_blocks > max_blocks:
             raise UserError(
@@ -155,7 +183,7 @@ def run_search(
     step may remove, in tie-break order, for a model (default: each block of
     `config.block_types`, in the paper's order; SLEB gives whole layers). `ranked`: the units are
     a ranking (ShortGPT's), removed in that order: each step scores only the next one."""
-    config.validate(bm)
+    config.validate(bm, len(input_ids))
     if units is None:
         candidates: list[Unit] = [(b,) for b in bm.candidates(config.block_types)]
     else:
@@ -166,9 +194,11 @@ def run_search(
     removed_params = sum(bm.block_params(b) for b in removed)
     state.total_iterations = config.num_blocks
     state.done = False  # a finished state may be extended with a larger target
+    racing = config.search == "racing" and not ranked
+    stage_ends = race_stages(len(input_ids), config.batch_size, config.race_slice) if racing else []
 
     cache = ActivationCache(
-        bm, input_ids, config.batch_size, config.cache_budget, config.host_budget
+        bm, input_ids, config.chunk(len(input_ids)), config.cache_budget, config.host_budget
     )
     current_ppl = cache.build(removed)
     if state.base_ppl is None:
@@ -178,47 +208,88 @@ def run_search(
         remaining = [u for u in candidates if not set(u) & set(removed)]
         if ranked:
             remaining = remaining[:1]
-        best: tuple[float, Unit, After | None] | None = None
-        for n, unit in enumerate(remaining):
-            if should_stop is not None and should_stop():
-                return state
-            # Keep this candidate's activations only if they fit beside the best one's.
-            held = cache.after_bytes(best[1]) if best is not None and best[2] else (0, 0)
-            ppl, after = cache.score(unit, keep=cache.can_hold(unit, also=held))
-            if best is None or ppl < best[0]:  # strict: ties go to the first candidate
-                best = (ppl, unit, after)
-            # A losing candidate's activations go now, not when the next one has recorded its
-            # own: the peak is the cache + the best's + the current one's (contract.memory).
-            del after
-            if on_progress is not None:
-                on_progress(
-                    Progress(
-                        iteration=state.iteration,
-                        total_iterations=config.num_blocks,
-                        scored=n + 1,
-                        total_candidates=len(remaining),
-                        best_ppl=best[0],
-                        best_block=_ref(best[1][0]),
-                        last_block=_ref(unit[0]),
-                    )
-                )
-        if best is None:  # nothing left to remove
+        if not remaining:
             break
-        ppl, unit, after = best
+        race = None
+        if racing:
+            raced = race_iteration(
+                cache,
+                remaining,
+                stage_ends,
+                config.race_margin,
+                state.iteration + 1,
+                config.num_blocks,
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
+            if raced is None:
+                return state
+            ppl, unit, race = raced
+            after: After | None = None
+        if not racing or config.verify:
+            best = _exact_iteration(cache, remaining, state, config, on_progress, should_stop)
+            if best is None:
+                return state
+            if race is not None:
+                race = verified(race, best[:2])
+                if best[1] == unit:  # the same pick: its activations need no rerun
+                    after = best[2]
+            else:
+                ppl, unit, after = best
         unit_params = sum(bm.block_params(b) for b in unit)
         if config.param_ratio is not None:
             if (removed_params + unit_params) / total_params > config.param_ratio:
                 break  # the last step not above the ratio was the previous one
         cache.adopt(unit, after if after is not None else cache.rerun(unit))
+        del after
         removed.extend(unit)
         removed_params += unit_params
         current_ppl = ppl
         state.removed.extend(RemovedBlock(block=b.kind, layer=b.layer, ppl=ppl) for b in unit)
+        if race is not None:
+            state.races.append(race)
         if on_iteration is not None:
             on_iteration(copy.deepcopy(state))  # a snapshot: the search goes on mutating `state`
     state.done = True
     state.final_ppl = current_ppl
     return state
+
+
+def _exact_iteration(
+    cache: ActivationCache,
+    remaining: list[Unit],
+    state: SearchState,
+    config: SearchConfig,
+    on_progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[float, Unit, After | None] | None:
+    """Score every unit on every sequence; the lowest PPL wins (ties to the first). None if
+    `should_stop` stopped it."""
+    best: tuple[float, Unit, After | None] | None = None
+    for n, unit in enumerate(remaining):
+        if should_stop is not None and should_stop():
+            return None
+        # Keep this candidate's activations only if they fit beside the best one's.
+        held = cache.after_bytes(best[1]) if best is not None and best[2] else (0, 0)
+        ppl, after = cache.score(unit, keep=cache.can_hold(unit, also=held))
+        if best is None or ppl < best[0]:  # strict: ties go to the first candidate
+            best = (ppl, unit, after)
+        # A losing candidate's activations go now, not when the next one has recorded its
+        # own: the peak is the cache + the best's + the current one's (contract.memory).
+        del after
+        if on_progress is not None:
+            on_progress(
+                Progress(
+                    iteration=state.iteration,
+                    total_iterations=config.num_blocks,
+                    scored=n + 1,
+                    total_candidates=len(remaining),
+                    best_ppl=best[0],
+                    best_block=_ref(best[1][0]),
+                    last_block=_ref(unit[0]),
+                )
+            )
+    return best
 
 
 def _ref(block: Block) -> BlockRef:

@@ -145,6 +145,7 @@ def test_prune_options_are_exactly_the_jobspec_fields():
         "device",
         "resume",
         "overwrite",
+        "verify",
         *evaluation,
     }
     assert "evaluation" not in options

@@ -61,13 +61,15 @@ def export_pruned(
     max_shard_size: str | int = "2GB",
     overwrite: bool = False,
     method: str = "blockpruner",
+    search: dict | None = None,
     evaluation: dict | None = None,
 ) -> Path:
     """Write the original (unpruned) `model` with the `removed` blocks taken out to `out_dir`.
 
     `removed` lists `{"block": "mha"|"mlp", "layer": i, "ppl": PPL after removing it}` in removal
     order; `source` describes the base model (e.g. `{"model": "org/name", "revision": ...}`);
-    `method` is the pruning method that chose them; `evaluation` a core.evaluation report, written
+    `method` is the pruning method that chose them; `search` how (core.racing.search_record);
+    `evaluation` a core.evaluation report, written
     as report.json and evaluation.svg and summed up in the model card.
     The directory appears complete or not at all; an existing non-empty one is refused unless
     `overwrite`. Returns the directory's path."""
@@ -103,6 +105,7 @@ def export_pruned(
     pruning = {
         "engine_version": core.__version__,
         "method": method,
+        **({"search": search} if search is not None else {}),
         "base_model": source if source is not None else _default_source(model),
         "base_model_type": model.config.model_type,
         "base_ppl": float(base_ppl),
