@@ -22,6 +22,7 @@ from contract import (
 )
 from contract.evaluation import EvaluationSpec
 from contract.sources import CALIBRATION_SUFFIXES
+from contract.state import RaceRecord
 from contract.text import CleanStr
 from service.tables import Job
 
@@ -138,6 +139,11 @@ class JobView(JobSpec):
     progress: Progress
     base_ppl: float | None
     removed: list[RemovedBlock]
+    races: list[RaceRecord] = Field(
+        default_factory=list,
+        description="search racing: each iteration's stages (who raced, on how many sequences, "
+        "who went on)",
+    )
     error: JobErrorView | None
     attempts: int
     max_attempts: int
@@ -168,6 +174,7 @@ class JobView(JobSpec):
             progress=progress,
             base_ppl=state.base_ppl,
             removed=state.removed,
+            races=state.races,
             error=job.error,
             attempts=job.attempts,
             max_attempts=job.max_attempts,

@@ -14,6 +14,9 @@ runs each stage as shares over its workers) both take the schedule from here.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 # How far behind the leader a candidate may be and race on, in standard errors of its NLL
 # difference to the leader over the full set (core.racing). Chosen on WikiText-2 valid
 # (bench/racing.py); README reports the agreement on other data.
@@ -72,3 +75,29 @@ def race_stages(samples: int, batch_size: int | None, race_slice: int | None) ->
         ends.append(first)
         first *= 2
     return [*ends, samples]
+
+
+def survivors(nlls: Sequence[Sequence[float]], total: int, margin: float) -> list[int]:
+    """Which candidates race on: `nlls[i]` holds candidate i's mean NLL on each sequence seen
+    so far (the same sequences for all), out of `total`. The leader (lowest mean; the first of
+    equal ones) always does; another does while its mean paired difference to the leader, d,
+    is at most `margin` standard errors of the full-set mean difference:
+
+        se = s * sqrt(m / (total * n))    s: the differences' standard deviation,
+                                          n sequences seen, m = total - n to come
+
+    Plain floats, so the engine (core.racing) and the service's closing write decide alike."""
+    n = len(nlls[0]) if nlls else 0
+    means = [math.fsum(row) / n for row in nlls] if n else [0.0] * len(nlls)
+    leader = min(range(len(nlls)), key=lambda i: (means[i], i)) if nlls else 0
+    if math.isinf(margin) or n < 2:
+        return list(range(len(nlls)))
+    scale = math.sqrt((total - n) / (total * n))
+    kept = []
+    for i, row in enumerate(nlls):
+        diff = [a - b for a, b in zip(row, nlls[leader], strict=True)]
+        d = math.fsum(diff) / n
+        s = math.sqrt(math.fsum((x - d) ** 2 for x in diff) / (n - 1))
+        if i == leader or d <= margin * s * scale:
+            kept.append(i)
+    return kept

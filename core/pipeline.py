@@ -59,12 +59,12 @@ class PreparedJob:
         return search_record(spec.search, stages, margin, state.races)
 
     def scorer(self, spec: JobSpec) -> Any:
-        """A core.search.CandidateScorer for shares of this job's iterations."""
+        """A core.search.CandidateScorer for shares of this job's iterations (in racing's
+        chunks for a racing search, so its stages end on chunk boundaries)."""
         from core.search import CandidateScorer
 
-        return CandidateScorer(
-            self.bm, self.input_ids, spec.batch_size, self.cache_budget, self.host_budget
-        )
+        chunk = self.search_config(spec).chunk(len(self.input_ids))
+        return CandidateScorer(self.bm, self.input_ids, chunk, self.cache_budget, self.host_budget)
 
 
 def prepare_job(

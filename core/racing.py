@@ -21,31 +21,17 @@ search decides, so each step's PPL is exact. Only a winner dropped early can cha
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from contract import BlockRef, Progress, RemovedBlock
+from contract.racing import survivors
 from contract.state import RaceRecord, RaceStage
 from core.activations import ActivationCache, ppl_from_nlls
 from core.blocks import Block
 
 Unit = tuple[Block, ...]
-
-
-def survivors(nlls: torch.Tensor, total: int, margin: float) -> list[int]:
-    """Rows of `nlls` ([candidates, sequences seen]: each sequence's mean NLL) that race on,
-    when the full set has `total` sequences."""
-    n = nlls.shape[1]
-    means = nlls.double().mean(dim=1)
-    leader = int(torch.argmin(means))  # the first of equal means
-    if math.isinf(margin) or n < 2:
-        return list(range(len(nlls)))
-    diff = nlls.double() - nlls[leader].double()
-    d, s = diff.mean(dim=1), diff.std(dim=1)
-    se = s * math.sqrt((total - n) / (total * n))
-    return [i for i in range(len(nlls)) if i == leader or d[i] <= margin * se[i]]
 
 
 def race_iteration(
@@ -87,7 +73,7 @@ def race_iteration(
         passes += len(racing) * (end - (stage_ends[k - 1] if k else 0))
         seen = torch.stack([torch.cat(nlls[u]) for u in racing])
         if end < total:
-            racing = [racing[i] for i in survivors(seen, total, margin)]
+            racing = [racing[i] for i in survivors(seen.tolist(), total, margin)]
         else:  # every survivor has seen every sequence: the exact rule picks the winner
             ppls = [ppl_from_nlls(row) for row in seen]
             best = min(range(len(racing)), key=lambda i: (ppls[i], i))

@@ -23,7 +23,7 @@ import torch
 from contract import BlockRef, JobSpec, Progress, RemovedBlock, SearchState, UserError
 from contract.racing import DEFAULT_RACE_MARGIN, race_chunk, race_stages
 from contract.spec import layer_method_problem, search_problem
-from core.activations import ActivationCache, After
+from core.activations import ActivationCache, After, ppl_from_nlls
 from core.blocks import Block, BlockModel
 from core.racing import Unit, race_iteration, verified
 
@@ -134,6 +134,13 @@ class CandidateScorer:
         self._removed: tuple[Block, ...] | None = None
         self.removed_ppl: float | None = None  # the PPL of the removed set itself
 
+    def _on(self, removed: Sequence[Block]) -> ActivationCache:
+        if self._cache is None or self._removed != tuple(removed):
+            self._cache = ActivationCache(self.bm, self.input_ids, self.batch_size, *self.budgets)
+            self.removed_ppl = self._cache.build(removed)
+            self._removed = tuple(removed)
+        return self._cache
+
     def score(
         self,
         removed: Sequence[Block],
@@ -141,18 +148,35 @@ class CandidateScorer:
         on_score: Callable[[Block, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[Block, float]:
-        if self._cache is None or self._removed != tuple(removed):
-            self._cache = ActivationCache(self.bm, self.input_ids, self.batch_size, *self.budgets)
-            self.removed_ppl = self._cache.build(removed)
-            self._removed = tuple(removed)
-        scores: dict[Block, float] = {}
+        ppls: dict[Block, float] = {}
+
+        def scored(block: Block, nlls: torch.Tensor) -> None:
+            ppls[block] = ppl_from_nlls(nlls)
+            if on_score is not None:
+                on_score(block, ppls[block])
+
+        self.sequence_nlls(removed, candidates, None, scored, should_stop)
+        return ppls
+
+    def sequence_nlls(
+        self,
+        removed: Sequence[Block],
+        candidates: Sequence[Block],
+        chunks: range | None = None,
+        on_nlls: Callable[[Block, torch.Tensor], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[Block, torch.Tensor]:
+        """Each candidate's per-sequence NLLs over the sequence chunks `chunks` (default: all):
+        a racing stage's share scores its slice."""
+        cache = self._on(removed)
+        out: dict[Block, torch.Tensor] = {}
         for block in candidates:
             if should_stop is not None and should_stop():
                 break
-            scores[block] = self._cache.score(block, keep=False)[0]
-            if on_score is not None:
-                on_score(block, scores[block])
-        return scores
+            out[block] = cache.sequence_nlls(block, chunks)[0]
+            if on_nlls is not None:
+                on_nlls(block, out[block])
+        return out
 
 
 def score_candidates(

@@ -9,6 +9,12 @@ it, in one transaction that holds the job row's lock: it picks the winner by the
 iteration's event and creates the next iteration's shares, or the export item after the last.
 Every score write takes the job row's lock first, so two shares finishing at the same instant
 are serialised and exactly one of them sees the iteration complete.
+
+A racing search (contract.racing) runs each iteration in stages of shares over the same workers:
+stage 1's shares score every candidate on the first slice of the sequences, keeping each
+sequence's NLL; the write that completes a stage decides who races on (contract.racing.survivors,
+the engine's rule on the same numbers) and creates the next stage's shares over them. The last
+stage's scores are full-set PPLs, and its completing write closes the iteration as above.
 """
 
 from __future__ import annotations
@@ -20,22 +26,37 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from contract import JobSpec, JobStatus, Progress, RemovedBlock, SearchState
+from contract import BlockRef, JobSpec, JobStatus, Progress, RemovedBlock, SearchState
+from contract.racing import survivors
+from contract.state import RaceRecord, RaceStage
 from service import transitions
 from service.jobstore import add_event
 from service.tables import CandidateScore, Job, WorkItem
 
 
 def make_plan(
-    candidates: list[tuple[str, int]], block_params: list[int], total_params: int, layers: int
+    candidates: list[tuple[str, int]],
+    block_params: list[int],
+    total_params: int,
+    layers: int,
+    race: tuple[list[int], float] | None = None,
 ) -> dict[str, Any]:
-    """The plan stored on the job: every candidate in paper order, with its parameters."""
-    return {
+    """The plan stored on the job: every candidate in paper order, with its parameters; for a
+    racing search, where its stages end (in sequences) and its margin."""
+    plan: dict[str, Any] = {
         "candidates": [list(c) for c in candidates],
         "block_params": block_params,
         "total_params": total_params,
         "num_layers": layers,
     }
+    if race is not None:
+        plan["stages"], plan["margin"] = race
+    return plan
+
+
+def stage_count(plan: dict) -> int:
+    """Stages per iteration: 1 for an exact search."""
+    return len(plan.get("stages", [None]))
 
 
 def remaining(plan: dict, state: SearchState) -> list[int]:
@@ -61,41 +82,67 @@ def split_shares(plan: dict, indexes: list[int], shares: int) -> list[list[int]]
     return [sorted(members) for _, _, members in sorted(heap, key=lambda h: h[1]) if members]
 
 
-def add_iteration_items(session: Session, job: Job, state: SearchState) -> list[WorkItem]:
-    """The shares of the iteration after `state` (none if they exist already)."""
+def add_iteration_items(
+    session: Session, job: Job, state: SearchState, stage: int = 1, indexes: list[int] | None = None
+) -> list[WorkItem]:
+    """The shares of the iteration after `state`, at `stage` over the candidates `indexes`
+    (default: all remaining); none if they exist already."""
     assert job.plan is not None
     iteration = state.iteration + 1
     exists = session.scalar(
-        select(func.count()).where(WorkItem.job_id == job.id, WorkItem.iteration == iteration)
+        select(func.count()).where(
+            WorkItem.job_id == job.id, WorkItem.iteration == iteration, WorkItem.stage == stage
+        )
     )
     if exists:
         return []
+    indexes = remaining(job.plan, state) if indexes is None else indexes
     items = [
         WorkItem(
             job_id=job.id,
             kind="score",
             iteration=iteration,
+            stage=stage,
             share=n,
             candidates=[job.plan["candidates"][i] for i in share],
             status="queued",
             enqueued_at=func.now(),
         )
-        for n, share in enumerate(
-            split_shares(job.plan, remaining(job.plan, state), job.parallelism)
-        )
+        for n, share in enumerate(split_shares(job.plan, indexes, job.parallelism))
     ]
     session.add_all(items)
     session.flush()
     return items
 
 
-def scored(session: Session, job_id: str, iteration: int) -> set[tuple[str, int]]:
+def scored(session: Session, job_id: str, iteration: int, stage: int = 1) -> set[tuple[str, int]]:
     rows = session.execute(
         select(CandidateScore.block, CandidateScore.layer).where(
-            CandidateScore.job_id == job_id, CandidateScore.iteration == iteration
+            CandidateScore.job_id == job_id,
+            CandidateScore.iteration == iteration,
+            CandidateScore.stage == stage,
         )
     )
     return {(r.block, r.layer) for r in rows}
+
+
+def earlier_nlls(
+    session: Session, job_id: str, iteration: int, stage: int
+) -> dict[tuple[str, int], list[float]]:
+    """Each candidate's per-sequence NLLs from the stages before `stage`, in sequence order."""
+    rows = session.execute(
+        select(CandidateScore.block, CandidateScore.layer, CandidateScore.nlls)
+        .where(
+            CandidateScore.job_id == job_id,
+            CandidateScore.iteration == iteration,
+            CandidateScore.stage < stage,
+        )
+        .order_by(CandidateScore.stage)
+    )
+    out: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        out.setdefault((r.block, r.layer), []).extend(r.nlls or [])
+    return out
 
 
 def record_score(
@@ -106,25 +153,29 @@ def record_score(
     ppl: float,
     removed_ppl: float,
     worker: str,
+    nlls: list[float] | None = None,
 ) -> list[WorkItem]:
-    """Commit one candidate's PPL (the caller holds the job row's lock). Returns the items the
-    caller enqueues once this transaction commits: the next iteration's shares or the export,
-    when this score completed its iteration."""
-    assert job.plan is not None
-    position = job.plan["candidates"].index(list(block))
+    """Commit one candidate's PPL (the caller holds the job row's lock); racing, with its NLLs
+    on the stage's slice. Returns the items the caller enqueues once this transaction commits:
+    the next stage's or iteration's shares, or the export, when this score completed a stage."""
+    plan = job.plan
+    assert plan is not None
+    position = plan["candidates"].index(list(block))
     session.execute(
         insert(CandidateScore)
         .values(
             job_id=job.id,
             iteration=item.iteration,
+            stage=item.stage,
             block=block[0],
             layer=block[1],
             position=position,
             ppl=ppl,
+            nlls=nlls,
             worker=worker,
         )
         .on_conflict_do_update(  # scored again (a share taken over): the same PPL, counted
-            index_elements=["job_id", "iteration", "block", "layer"],
+            index_elements=["job_id", "iteration", "stage", "block", "layer"],
             set_={"times_scored": CandidateScore.times_scored + 1},
         )
     )
@@ -135,21 +186,78 @@ def record_score(
     rows = session.execute(
         select(
             CandidateScore.block, CandidateScore.layer, CandidateScore.ppl, CandidateScore.position
-        ).where(CandidateScore.job_id == job.id, CandidateScore.iteration == item.iteration)
+        ).where(
+            CandidateScore.job_id == job.id,
+            CandidateScore.iteration == item.iteration,
+            CandidateScore.stage == item.stage,
+        )
     ).all()
-    total = len(job.plan["candidates"]) - (item.iteration - 1)
+    total = sum(
+        len(c)
+        for c in session.scalars(
+            select(WorkItem.candidates).where(
+                WorkItem.job_id == job.id,
+                WorkItem.kind == "score",
+                WorkItem.iteration == item.iteration,
+                WorkItem.stage == item.stage,
+            )
+        )
+    )
+    stages, last = stage_count(plan), item.stage == stage_count(plan)
     best = min(rows, key=lambda r: (r.ppl, r.position))
     job.progress = Progress(
         iteration=state.iteration,
         total_iterations=JobSpec.model_validate(job.spec).num_blocks,
         scored=len(rows),
         total_candidates=total,
-        best_ppl=best.ppl,
-        best_block={"block": best.block, "layer": best.layer},
+        best_ppl=best.ppl if last else None,  # before the last stage, not a full-set PPL
+        best_block={"block": best.block, "layer": best.layer} if last else None,
+        stage=item.stage if stages > 1 else None,
+        stages=stages if stages > 1 else None,
     ).model_dump(mode="json")
     if len(rows) < total or state.iteration != item.iteration - 1:
         return []  # not complete yet, or closed already
+    if not last:
+        return _next_stage(session, job, state, item.iteration, item.stage)
     return _close(session, job, state, best)
+
+
+def _next_stage(
+    session: Session, job: Job, state: SearchState, iteration: int, stage: int
+) -> list[WorkItem]:
+    """A racing stage is complete: who races on is decided on every sequence seen so far."""
+    plan = job.plan
+    assert plan is not None
+    seen = earlier_nlls(session, job.id, iteration, stage + 1)
+    racing = scored(session, job.id, iteration, stage)  # not those dropped before this stage
+    order = sorted(racing, key=lambda c: plan["candidates"].index(list(c)))  # the engine's order
+    kept = survivors([seen[c] for c in order], plan["stages"][-1], plan["margin"])
+    indexes = [plan["candidates"].index(list(order[i])) for i in kept]
+    return add_iteration_items(session, job, state, stage + 1, indexes)
+
+
+def _race_record(session: Session, job: Job, iteration: int, best: Any) -> RaceRecord:
+    """The closed iteration's race, as the engine records it (contract.state.RaceRecord)."""
+    plan = job.plan
+    assert plan is not None
+    rows = session.execute(
+        select(CandidateScore.stage, CandidateScore.block, CandidateScore.layer)
+        .where(CandidateScore.job_id == job.id, CandidateScore.iteration == iteration)
+        .order_by(CandidateScore.stage, CandidateScore.position)
+    ).all()
+    ends = plan["stages"]
+    by_stage = [[r for r in rows if r.stage == k] for k in range(1, len(ends) + 1)]
+    stages = []
+    for k, raced in enumerate(by_stage):
+        went_on = by_stage[k + 1] if k + 1 < len(by_stage) else [best]
+        kept = [BlockRef(block=r.block, layer=r.layer) for r in went_on]
+        stages.append(RaceStage(sequences=ends[k], raced=len(raced), kept=kept))
+    passes = sum(
+        len(raced) * (ends[k] - (ends[k - 1] if k else 0)) for k, raced in enumerate(by_stage)
+    )
+    winner = RemovedBlock(block=best.block, layer=best.layer, ppl=best.ppl)
+    work = passes / (len(by_stage[0]) * ends[-1])
+    return RaceRecord(iteration=iteration, stages=stages, work=work, winner=winner)
 
 
 def _close(session: Session, job: Job, state: SearchState, best: Any) -> list[WorkItem]:
@@ -168,6 +276,8 @@ def _close(session: Session, job: Job, state: SearchState, best: Any) -> list[Wo
     )
     if not over_ratio:
         state.removed.append(RemovedBlock(block=best.block, layer=best.layer, ppl=best.ppl))
+        if "stages" in plan:
+            state.races.append(_race_record(session, job, state.iteration, best))
         add_event(
             session,
             job.id,

@@ -177,6 +177,8 @@ class WorkItem(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(8))
     iteration: Mapped[int] = mapped_column(Integer)
+    # 1 for an exact search; a racing one's stage k scores its survivors on the k-th slice
+    stage: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     share: Mapped[int] = mapped_column(Integer)
     candidates: Mapped[list[Any]]  # [[block, layer], ...] in paper order
     status: Mapped[str] = mapped_column(String(12))  # queued, running, done, cancelled
@@ -193,21 +195,26 @@ class WorkItem(Base):
         CheckConstraint(
             "status IN ('queued', 'running', 'done', 'cancelled')", name="work_items_status_valid"
         ),
-        UniqueConstraint("job_id", "kind", "iteration", "share", name="work_items_once"),
+        UniqueConstraint("job_id", "kind", "iteration", "stage", "share", name="work_items_once"),
         Index("work_items_job", "job_id", "iteration"),
     )
 
 
 class CandidateScore(Base):
-    """One candidate's PPL in one iteration, committed as soon as it is scored."""
+    """One candidate's PPL in one iteration (and stage, racing), committed as soon as it is
+    scored."""
 
     __tablename__ = "candidate_scores"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage: Mapped[int] = mapped_column(Integer, primary_key=True, default=1, server_default="1")
     block: Mapped[str] = mapped_column(String(3), primary_key=True)
     layer: Mapped[int] = mapped_column(Integer, primary_key=True)
     position: Mapped[int] = mapped_column(Integer)  # in paper order: ties go to the lowest
+    # Racing: the PPL on the sequences seen so far (every one after the last stage), and each
+    # sequence's mean NLL in this stage's slice (what the next stage's cut is decided on).
     ppl: Mapped[float] = mapped_column(Float(precision=53))
+    nlls: Mapped[list[Any] | None]
     times_scored: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = _now()

@@ -9,11 +9,11 @@ import torch
 from conftest import tiny_ids, tiny_model
 
 from contract import JobSpec, SearchState, UserError
-from contract.racing import race_stages
+from contract.racing import race_stages, survivors
 from core.activations import ActivationCache, ppl_from_nlls
 from core.blocks import Block, BlockModel
 from core.naive import full_pass_ppl
-from core.racing import race_iteration, survivors
+from core.racing import race_iteration
 from core.search import SearchConfig, run_search
 
 
@@ -23,22 +23,25 @@ def picks(state: SearchState) -> list[tuple[str, int, float]]:
 
 # ---- the cut on made-up NLLs ----------------------------------------------------------------
 def test_survivors_keep_the_leader_and_drop_a_consistently_worse_candidate():
-    nlls = torch.tensor(
-        [
-            [2.0, 3.0, 2.5, 4.0],  # leader (mean 2.875)
-            [2.5, 3.5, 3.0, 4.5],  # 0.5 worse on every sequence: no spread, dropped
-            [1.0, 4.9, 2.0, 4.0],  # worse on average, but by a wide spread: kept
-            [2.0, 3.0, 2.5, 4.0],  # a tie with the leader: kept
-        ]
-    )
+    nlls = [
+        [2.0, 3.0, 2.5, 4.0],  # leader (mean 2.875)
+        [2.5, 3.5, 3.0, 4.5],  # 0.5 worse on every sequence: no spread, dropped
+        [1.0, 4.9, 2.0, 4.0],  # worse on average, but by a wide spread: kept
+        [2.0, 3.0, 2.5, 4.0],  # a tie with the leader: kept
+    ]
     assert survivors(nlls, total=16, margin=3.0) == [0, 2, 3]
     assert survivors(nlls, total=16, margin=0.0) == [0, 3]
     assert survivors(nlls, total=16, margin=math.inf) == [0, 1, 2, 3]
-    assert survivors(nlls[:, :1], total=16, margin=3.0) == [0, 1, 2, 3]  # no spread from 1
+    assert survivors([r[:1] for r in nlls], total=16, margin=3.0) == [
+        0,
+        1,
+        2,
+        3,
+    ]  # no spread from 1
 
 
 def test_the_margin_shrinks_as_fewer_sequences_are_left():
-    nlls = torch.tensor([[2.0, 3.0, 2.5, 4.0], [1.5, 4.9, 2.0, 4.4]])
+    nlls = [[2.0, 3.0, 2.5, 4.0], [1.5, 4.9, 2.0, 4.4]]
     assert survivors(nlls, total=400, margin=1.0) == [0, 1]
     assert survivors(nlls, total=5, margin=1.0) == [0]  # 1 sequence left cannot close the gap
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -109,12 +110,19 @@ class ItemLease:
             self._locked(s)
 
     @outlasts_database_outages
-    def record(self, block: tuple[str, int], ppl: float, removed_ppl: float) -> None:
-        """Commit a score, with the messages of the items it creates when it closed the
-        iteration (the next iteration's shares, or the export)."""
+    def record(
+        self,
+        block: tuple[str, int],
+        ppl: float,
+        removed_ppl: float,
+        nlls: list[float] | None = None,
+    ) -> None:
+        """Commit a score, with the messages of the items it creates when it closed a stage or
+        the iteration (the next stage's or iteration's shares, or the export)."""
         with transaction() as s:
             job, item = self._locked(s)
-            for new in fanout.record_score(s, job, item, block, ppl, removed_ppl, self.owner):
+            new_items = fanout.record_score(s, job, item, block, ppl, removed_ppl, self.owner, nlls)
+            for new in new_items:
                 outbox.add(s, "item", new.id)
 
     @outlasts_database_outages
@@ -216,7 +224,9 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
         spec, tenant_id, job_id = JobSpec.model_validate(job.spec), job.tenant_id, job.id
         state = SearchState.from_json(job.state)
         kind, iteration, candidates = item.kind, item.iteration, [tuple(c) for c in item.candidates]
-        done_already = fanout.scored(s, job_id, iteration)
+        stage, stage_ends = item.stage, (job.plan or {}).get("stages")
+        done_already = fanout.scored(s, job_id, iteration, stage)
+        earlier = fanout.earlier_nlls(s, job_id, iteration, stage) if stage_ends else {}
     bind_log_context(job_id=job_id)
     prepared, scorer = _loaded.get(job_id) or keep_loaded(
         job_id,
@@ -236,17 +246,51 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
 
     candidate_time = metrics.Lap(metrics.CANDIDATE_SECONDS)
 
-    def on_score(block: Block, ppl: float) -> None:
+    def on_score(block: Block, ppl: float, nlls: list[float] | None = None) -> None:
         candidate_time.observe()
         assert scorer.removed_ppl is not None  # the scorer's full pass comes before any score
-        lease.record((block.kind, block.layer), ppl, scorer.removed_ppl)
+        lease.record((block.kind, block.layer), ppl, scorer.removed_ppl, nlls)
         _pause(settings, heartbeat)
         candidate_time.restart()
 
-    scorer.score(removed, todo, on_score=on_score, should_stop=heartbeat.lost.is_set)
+    if stage_ends is None:
+        scorer.score(removed, todo, on_score=on_score, should_stop=heartbeat.lost.is_set)
+    else:
+        chunks = _stage_chunks(stage, stage_ends, scorer.batch_size or len(scorer.input_ids))
+        _race_share(scorer, removed, todo, chunks, earlier, on_score, heartbeat.lost.is_set)
     if heartbeat.lost.is_set():
         raise Stop
     lease.done()
+
+
+def _stage_chunks(stage: int, stage_ends: list[int], step: int) -> range:
+    """The sequence chunks of racing stage `stage` (1-based): its slice of the sequences."""
+    begin = stage_ends[stage - 2] if stage > 1 else 0
+    return range(begin // step, -(-stage_ends[stage - 1] // step))
+
+
+def _race_share(
+    scorer: CandidateScorer,
+    removed: list,
+    todo: list,
+    chunks: range,
+    earlier: dict[tuple[str, int], list[float]],
+    on_score: Callable[..., None],
+    should_stop: Callable[[], bool],
+) -> None:
+    """A racing stage's share: each candidate's NLLs on this stage's slice, committed with its
+    PPL on every sequence seen so far (after the last stage: the full-set PPL, bit for bit the
+    engine's, from the earlier stages' stored NLLs and this one's)."""
+    import torch
+
+    from core.activations import ppl_from_nlls
+
+    def on_nlls(block, nlls: torch.Tensor) -> None:
+        values = nlls.tolist()
+        seen = torch.tensor(earlier.get((block.kind, block.layer), []) + values, dtype=nlls.dtype)
+        on_score(block, ppl_from_nlls(seen), values)
+
+    scorer.sequence_nlls(removed, todo, chunks, on_nlls, should_stop)
 
 
 def keep_loaded(

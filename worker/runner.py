@@ -17,6 +17,7 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
+from contract.racing import race_stages
 from core.methods import run_method
 from core.pipeline import PreparedJob, export_job
 from service import fanout, outbox
@@ -177,13 +178,18 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
 def _fan_out(lease: Lease, prepared: PreparedJob) -> None:
     """Plan the job's search over `parallelism` shares per iteration and hand it to the work
     items (worker.items); this worker keeps the model loaded for the shares it takes."""
-    bm = prepared.bm
-    candidates = bm.candidates(lease.spec.block_types)
+    bm, spec = prepared.bm, lease.spec
+    candidates = bm.candidates(spec.block_types)
+    race = None
+    if spec.search == "racing":  # each iteration in stages of shares (service.fanout)
+        stages = race_stages(len(prepared.input_ids), spec.batch_size, spec.race_slice)
+        race = (stages, prepared.search_config(spec).race_margin)
     plan = fanout.make_plan(
         [(b.kind, b.layer) for b in candidates],
         [bm.block_params(b) for b in candidates],
         bm.total_params(),
         bm.num_layers,
+        race,
     )
     items.keep_loaded(lease.job_id, prepared, lease.spec)
     lease.start_fanout(plan)

@@ -97,11 +97,13 @@ function draw(job) {
   $("view-job").dataset.status = job.status;
   setText("job-phase", job.phase);
   setText("job-iteration", iterationText(p));
-  setText("job-scored", p.total_candidates ? `${p.scored} / ${p.total_candidates}` : "");
+  const stage = p.stage ? `stage ${p.stage}/${p.stages}: ` : ""; // a racing search's stages
+  setText("job-scored", p.total_candidates ? `${stage}${p.scored} / ${p.total_candidates}` : "");
   const block = p.best_block ? ` (${p.best_block.block}.${p.best_block.layer})` : "";
   setText("job-best", p.best_ppl === null ? "" : fmtPpl(p.best_ppl) + block);
   setText("job-base", fmtPpl(job.base_ppl));
-  setText("job-method", `${job.method}, ${job.block_types}`);
+  const search = job.search === "racing" ? ", racing" : "";
+  setText("job-method", `${job.method}, ${job.block_types}${search}`);
   setText("job-model", job.model);
   setText("job-calibration", `${job.calibration} (${job.samples} × ${job.seq_len} tokens)`);
   setText("job-attempts", `${job.attempts} of ${job.max_attempts}`);

@@ -189,3 +189,82 @@ def test_shares_are_balanced_by_cost(shares):
         sum(2 * layers - (2 * blocks[i][1] + (blocks[i][0] == "mlp")) for i in s) for s in split
     ]
     assert max(costs) - min(costs) <= 2 * layers  # within one candidate's cost of each other
+
+
+def test_racing_over_workers_races_like_the_engine(service, workers, key_a, tiny_llama, tmp_path):
+    """A racing job over 2 workers: each iteration's stages run as shares, and its picks, PPLs
+    and races (who raced in each stage, who went on) are the in-process engine's."""
+    workers.start_many(2)
+    racing = {"search": "racing", "samples": 16, "race_slice": 4, "num_blocks": 3}
+    body = job_body(tiny_llama, seed=24, parallelism=2, **racing)
+    job_id = service.post("/v1/jobs", json=body, headers=key_a).json()["id"]
+    job = wait_for(service, key_a, job_id, timeout=180)
+    assert job["status"] == "succeeded", job
+    expected = engine_result(tiny_llama, tmp_path, seed=24, **racing)
+    assert job["removed"] == expected["removed"] and job["base_ppl"] == expected["base_ppl"]
+    state = _rows("SELECT state FROM jobs WHERE id = :id", id=job_id)[0].state
+    assert state["races"] == expected["races"]
+    stages = _rows(
+        "SELECT iteration, stage, count(*) AS c FROM candidate_scores WHERE job_id = :id "
+        "GROUP BY iteration, stage ORDER BY iteration, stage",
+        id=job_id,
+    )
+    raced = [[s["raced"] for s in race["stages"]] for race in expected["races"]]
+    assert [[r.c for r in stages if r.iteration == i] for i in (1, 2, 3)] == raced
+    assert raced[0][0] == 8 and sum(map(sum, raced)) < 3 * 8 + 3 * 7 + 3 * 6  # someone cut
+
+
+def test_a_racing_stage_goes_on_with_the_survivors_only(new_job, sent):
+    """Stage 1's last score decides the cut on the stored NLLs (the engine's rule); stage 2's
+    shares hold the survivors; its last score closes the iteration with the race record."""
+    from contract import JobSpec, SearchState
+    from service import fanout
+    from service.db import transaction
+    from service.tables import Job, WorkItem
+    from worker.items import ItemLease
+
+    job_id = new_job(max_attempts=3)
+    blocks = [("mha", 0), ("mha", 1), ("mlp", 0), ("mlp", 1)]
+    nlls = {  # first 4 of 8 sequences: mha.1 trails the leader on every one, by the same 0.5
+        ("mha", 0): [2.0, 3.0, 2.5, 4.0],
+        ("mha", 1): [2.5, 3.5, 3.0, 4.5],
+        ("mlp", 0): [1.0, 4.9, 2.0, 4.0],
+        ("mlp", 1): [2.0, 3.0, 2.5, 4.0],
+    }
+    with transaction() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        job.status, job.parallelism = "running", 2
+        job.spec = {**job.spec, "num_blocks": 1}
+        job.plan = fanout.make_plan(blocks, [10, 10, 20, 20], 100, layers=2, race=([4, 8], 3.0))
+        job.state = SearchState.new(JobSpec.model_validate(job.spec)).to_json()
+        first = [i.id for i in fanout.add_iteration_items(s, job, SearchState.from_json(job.state))]
+
+    def record_all(item_ids: list[int], values) -> None:
+        for item_id in item_ids:
+            lease = ItemLease.claim(item_id, "w", lease_s=60)
+            with transaction() as s:
+                candidates = [tuple(c) for c in s.get(WorkItem, item_id).candidates]
+            for block in candidates:
+                lease.record(block, 9.0, removed_ppl=2.0, nlls=values[block])
+            lease.done()
+
+    record_all(first, nlls)
+    with transaction() as s:
+        second = s.query(WorkItem).filter_by(job_id=job_id, iteration=1, stage=2).all()
+        went_on = sorted(tuple(c) for i in second for c in i.candidates)
+        second_ids = [i.id for i in second]
+    assert went_on == [("mha", 0), ("mlp", 0), ("mlp", 1)]  # mha.1 was cut
+    assert sorted(sent.flush()) == sorted(str(i) for i in second_ids)
+    ppls = {("mha", 0): 30.0, ("mlp", 0): 20.0, ("mlp", 1): 25.0}
+    for item_id in second_ids:
+        lease = ItemLease.claim(item_id, "w", lease_s=60)
+        with transaction() as s:
+            candidates = [tuple(c) for c in s.get(WorkItem, item_id).candidates]
+        for block in candidates:
+            lease.record(block, ppls[block], removed_ppl=2.0, nlls=[3.0] * 4)
+    with transaction() as s:
+        state = SearchState.from_json(s.get(Job, job_id).state)
+    assert [(r.block, r.layer, r.ppl) for r in state.removed] == [("mlp", 0, 20.0)]
+    (race,) = state.races
+    assert [(st.sequences, st.raced, len(st.kept)) for st in race.stages] == [(4, 4, 3), (8, 3, 1)]
+    assert race.winner.ppl == 20.0 and race.work == (4 * 4 + 3 * 4) / (4 * 8)
