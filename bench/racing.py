@@ -11,7 +11,8 @@ exact search computes it, so where the picks agree the PPLs are equal to the las
     python bench/racing.py --data builtin:stdlib-docs      # or a .txt, a .jsonl, pypi-readmes
 
 `--data pypi-readmes` writes a .jsonl of the installed packages' descriptions (prose and code
-in Markdown, unlike WikiText) and calibrates on it. `--json PATH` saves the run.
+in Markdown, unlike WikiText) and calibrates on it. `--json PATH` saves the run, and a chart of
+both searches' time per iteration beside it (PATH with .svg; `--replot PATH` redraws it).
 
 Last line: RESULT picks_identical=true|false speedup_vs_exact=X.XX
 """
@@ -32,6 +33,7 @@ from contract.racing import DEFAULT_RACE_MARGIN
 from core.blocks import BlockModel
 from core.calibration import load_calibration
 from core.models import load_model
+from core.plot import grouped_bars_svg
 from core.search import SearchConfig, run_search
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/valid.txt"
@@ -63,6 +65,27 @@ def timed_search(bm: BlockModel, ids: torch.Tensor, config: SearchConfig):
     return state, times
 
 
+def plot(run: dict) -> str:
+    """Seconds per iteration, exact against racing, with each racing stage's field."""
+    groups = [
+        (
+            f"iteration {row['iteration']} ({' -> '.join(map(str, row['raced']))} raced)",
+            {"exact": row["exact_s"], "racing": row["racing_s"]},
+            ".1f",
+        )
+        for row in run["iterations"]
+    ]
+    total = {
+        "exact": sum(row["exact_s"] for row in run["iterations"]),
+        "racing": sum(row["racing_s"] for row in run["iterations"]),
+    }
+    title = (
+        f"Seconds per iteration, exact vs racing search, {run['args']['data'].split('/')[-1]}: "
+        f"{run['speedup']:.2f}x, picks identical: {all(r['same'] for r in run['iterations'])}"
+    )
+    return grouped_bars_svg(title, [*groups, ("total", total, ".1f")])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="builtin:smollm2-135m")
@@ -76,7 +99,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="both (default: racing's chunk)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", help="write the run here")
+    ap.add_argument("--replot", help="only redraw the chart of a saved run")
     args = ap.parse_args()
+    if args.replot:
+        Path(args.replot).with_suffix(".svg").write_text(
+            plot(json.loads(Path(args.replot).read_text()))
+        )
+        return
     torch.set_num_threads(args.threads)
     data = pypi_readmes() if args.data == "pypi-readmes" else args.data
 
@@ -131,6 +160,7 @@ def main() -> None:
     if args.json:
         run = {"args": vars(args), "stages": ends, "iterations": rows, "speedup": speedup}
         Path(args.json).write_text(json.dumps(run, indent=1) + "\n")
+        Path(args.json).with_suffix(".svg").write_text(plot(run))
     print(f"RESULT picks_identical={str(identical).lower()} speedup_vs_exact={speedup:.2f}")
 
 

@@ -47,6 +47,12 @@ def race_problem(
     first = race_slice if race_slice is not None else default_race_slice(samples, batch_size)
     if first < MIN_RACE_SLICE:
         return "race_slice", f"must be at least {MIN_RACE_SLICE}, got {first}"
+    if first >= samples and race_slice is None and batch_size is not None:
+        return (
+            "batch_size",
+            f"racing's stages end on whole batches: batches of {batch_size} leave no first "
+            f"slice below samples ({samples}); give a smaller batch_size",
+        )
     if first >= samples:
         return (
             "race_slice" if race_slice is not None else "samples",

@@ -29,7 +29,7 @@ from core.export.gguf_vocab import bpe_pre_name
 needs_llama_cpp = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
     reason="llama-cpp-python is not installed: pip install -e '.[gguf]' "
-    "(scripts/bootstrap.sh installs it)",
+    "(scripts/test.sh installs it)",
 )
 RECORD = dict(base_ppl=10.0, calibration={"source": "test"}, seed=0)
 # Every case llama.cpp's deci graph has to get right: layer 0's attention removed (written as a

@@ -172,6 +172,7 @@ def test_racing_sleb_removes_layers_like_exact_sleb_at_infinite_margin():
         ({"race_slice": 4, "samples": 16}, "race_slice"),
         ({"search": "racing", "samples": 16, "race_margin": -1}, "race_margin"),
         ({"search": "fast"}, "search"),
+        ({"search": "racing", "samples": 16, "batch_size": 16}, "batch_size"),
     ],
 )
 def test_bad_racing_settings_name_the_field(values, field):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from contract import ErrorCode, JobSpec, JobStatus, Phase, Progress, RemovedBlock
 from contract.evaluation import EvaluationSpec
+from contract.state import RaceRecord
 
 _IGNORE = ConfigDict(extra="ignore", frozen=True)
 
@@ -45,6 +46,7 @@ class Job(JobSpec):
     progress: Progress
     base_ppl: float | None
     removed: list[RemovedBlock]
+    races: list[RaceRecord] = []  # search racing: each iteration's stages
     error: JobError | None
     attempts: int
     max_attempts: int
