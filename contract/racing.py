@@ -83,6 +83,12 @@ def race_stages(samples: int, batch_size: int | None, race_slice: int | None) ->
     return [*ends, samples]
 
 
+def stage_chunks(stage_ends: Sequence[int], stage: int, step: int) -> range:
+    """The chunks of `step` sequences that stage `stage` (0-based) scores: its slice."""
+    begin = stage_ends[stage - 1] if stage else 0
+    return range(begin // step, -(-stage_ends[stage] // step))
+
+
 def survivors(nlls: Sequence[Sequence[float]], total: int, margin: float) -> list[int]:
     """Which candidates race on: `nlls[i]` holds candidate i's mean NLL on each sequence seen
     so far (the same sequences for all), out of `total`. The leader (lowest mean; the first of

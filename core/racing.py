@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from contract import BlockRef, Progress, RemovedBlock
-from contract.racing import survivors
+from contract.racing import stage_chunks, survivors
 from contract.state import RaceRecord, RaceStage
 from core.activations import ActivationCache, ppl_from_nlls
 from core.blocks import Block
@@ -51,9 +51,9 @@ def race_iteration(
     step = len(cache.chunks[0])
     total = sum(len(c) for c in cache.chunks)
     nlls: dict[Unit, list[torch.Tensor]] = {u: [] for u in units}
-    racing, stages, done_chunks, passes = list(units), [], 0, 0
+    racing, stages, passes = list(units), [], 0
     for k, end in enumerate(stage_ends):
-        chunks = range(done_chunks, -(-end // step))
+        chunks = stage_chunks(stage_ends, k, step)
         for n, unit in enumerate(racing):
             if should_stop is not None and should_stop():
                 return None
@@ -79,7 +79,6 @@ def race_iteration(
             best = min(range(len(racing)), key=lambda i: (ppls[i], i))
             racing, winner_ppl = [racing[best]], ppls[best]
         stages.append(RaceStage(sequences=end, raced=len(seen), kept=_refs(racing)))
-        done_chunks = chunks.stop
     winner = RemovedBlock(block=racing[0][0].kind, layer=racing[0][0].layer, ppl=winner_ppl)
     record = RaceRecord(
         iteration=iteration, stages=stages, work=passes / (len(units) * total), winner=winner

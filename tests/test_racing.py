@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_ids, tiny_model
 
 from contract import JobSpec, SearchState, UserError
-from contract.racing import race_stages, survivors
+from contract.racing import race_stages, stage_chunks, survivors
 from core.activations import ActivationCache, ppl_from_nlls
 from core.blocks import Block, BlockModel
 from core.naive import full_pass_ppl
@@ -51,6 +51,17 @@ def test_stages_double_and_end_on_whole_batches():
     assert race_stages(16, 2, 2 * 3) == [6, 12, 16]
     assert race_stages(40, None, None) == [10, 20, 40]
     assert race_stages(9, 3, None) == [6, 9]
+    assert [stage_chunks([4, 8, 16], k, 4) for k in range(3)] == [
+        range(1),
+        range(1, 2),
+        range(2, 4),
+    ]
+    assert [stage_chunks([4, 8, 10], k, 2) for k in range(3)] == [
+        range(2),
+        range(2, 4),
+        range(4, 5),
+    ]
+    assert stage_chunks([4, 8, 10], 2, 4) == range(2, 3)  # the last chunk holds 2 sequences
 
 
 # ---- racing on tiny models -------------------------------------------------------------------

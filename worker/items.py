@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import ErrorCode, JobSpec, JobStatus, Phase, SearchState, UserError
+from contract.racing import stage_chunks
 from core.pipeline import PreparedJob
 from core.search import CandidateScorer
 from service import fanout, outbox, transitions
@@ -256,17 +257,12 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
     if stage_ends is None:
         scorer.score(removed, todo, on_score=on_score, should_stop=heartbeat.lost.is_set)
     else:
-        chunks = _stage_chunks(stage, stage_ends, scorer.batch_size or len(scorer.input_ids))
+        step = scorer.batch_size or len(scorer.input_ids)
+        chunks = stage_chunks(stage_ends, stage - 1, step)
         _race_share(scorer, removed, todo, chunks, earlier, on_score, heartbeat.lost.is_set)
     if heartbeat.lost.is_set():
         raise Stop
     lease.done()
-
-
-def _stage_chunks(stage: int, stage_ends: list[int], step: int) -> range:
-    """The sequence chunks of racing stage `stage` (1-based): its slice of the sequences."""
-    begin = stage_ends[stage - 2] if stage > 1 else 0
-    return range(begin // step, -(-stage_ends[stage - 1] // step))
 
 
 def _race_share(
