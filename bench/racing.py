@@ -11,7 +11,8 @@ exact search computes it, so where the picks agree the PPLs are equal to the las
     python bench/racing.py --data builtin:stdlib-docs      # or a .txt, a .jsonl, pypi-readmes
 
 `--data pypi-readmes` writes a .jsonl of the installed packages' descriptions (prose and code
-in Markdown, unlike WikiText) and calibrates on it. `--json PATH` saves the run, and a chart of
+in Markdown, unlike WikiText) and calibrates on it; the installed packages decide its rows, so
+it changes with the environment. `--json PATH` saves the run, and a chart of
 both searches' time per iteration beside it (PATH with .svg; `--replot PATH` redraws it).
 
 Last line: RESULT picks_identical=true|false speedup_vs_exact=X.XX
