@@ -33,18 +33,21 @@ def default_race_slice(samples: int, batch_size: int | None) -> int:
     return first
 
 
+def first_slice(samples: int, batch_size: int | None, race_slice: int | None) -> int:
+    """Sequences in the first stage: `race_slice`, or the default."""
+    return race_slice if race_slice is not None else default_race_slice(samples, batch_size)
+
+
 def race_chunk(samples: int, batch_size: int | None, race_slice: int | None) -> int:
     """Sequences per chunk in a racing search: the batch size, or the first slice without one."""
-    if batch_size is not None:
-        return batch_size
-    return race_slice if race_slice is not None else default_race_slice(samples, None)
+    return batch_size if batch_size is not None else first_slice(samples, None, race_slice)
 
 
 def race_problem(
     samples: int, batch_size: int | None, race_slice: int | None
 ) -> tuple[str, str] | None:
     """(field, message) when these settings give no race; else None."""
-    first = race_slice if race_slice is not None else default_race_slice(samples, batch_size)
+    first = first_slice(samples, batch_size, race_slice)
     if first < MIN_RACE_SLICE:
         return "race_slice", f"must be at least {MIN_RACE_SLICE}, got {first}"
     if first >= samples and race_slice is None and batch_size is not None:
@@ -75,7 +78,7 @@ def race_stages(samples: int, batch_size: int | None, race_slice: int | None) ->
         from contract.errors import UserError
 
         raise UserError(*problem)
-    first = race_slice if race_slice is not None else default_race_slice(samples, batch_size)
+    first = first_slice(samples, batch_size, race_slice)
     ends = []
     while first < samples:
         ends.append(first)

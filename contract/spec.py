@@ -35,7 +35,6 @@ METHODS: tuple[str, ...] = get_args(Method)
 # Methods that remove whole layers: a layer counts as its two blocks in every target.
 LAYER_METHODS = ("shortgpt", "sleb")
 Search = Literal["exact", "racing"]
-SEARCHES: tuple[str, ...] = get_args(Search)
 RACE_FIELDS = ("race_slice", "race_margin")  # settings of the racing search only
 BlockTypes = Literal["mix", "mha", "mlp"]
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockTypes)

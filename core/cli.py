@@ -17,6 +17,7 @@ from pydantic import ByteSize
 from contract import EMBEDDED_DEFAULTS, JobSpec, SearchState, UserError
 from contract.memory import DEVICE_HELP
 from contract.spec import TARGET_FIELDS
+from contract.state import RaceRecord
 from core.eval_cli import add_eval_command, add_evaluation_options, evaluation_from_args
 from core.gguf_cli import add_export_gguf_command
 from core.report import format_table, table_rows
@@ -221,17 +222,16 @@ def race_rows(search: dict) -> list[tuple[str, ...]]:
     iteration's, and (verified) the exact pick where it differs."""
     ends = "/".join(str(n) for n in search["stage_sequences"])
     rows: list[tuple[str, ...]] = [("step", f"racing on {ends} sequences", "work", "exact pick")]
-    for race in search["iterations"]:
-        raced = " -> ".join(str(s["raced"]) for s in race["stages"])
-        exact = race.get("exact")
+    for race in map(RaceRecord.model_validate, search["iterations"]):
+        raced = " -> ".join(str(s.raced) for s in race.stages)
+        exact, ours = race.exact, race.winner.ppl
         if exact is None:
             check = "-"
-        elif (exact["block"], exact["layer"]) == (race["winner"]["block"], race["winner"]["layer"]):
+        elif race.agrees:
             check = "same"
         else:
-            ours = race["winner"]["ppl"]
-            check = f"{exact['block']}.{exact['layer']} ppl {exact['ppl']:.3f} (ours {ours:.3f})"
-        rows.append((str(race["iteration"]), f"{raced} -> 1", f"{race['work']:.0%}", check))
+            check = f"{exact.block}.{exact.layer} ppl {exact.ppl:.3f} (ours {ours:.3f})"
+        rows.append((str(race.iteration), f"{raced} -> 1", f"{race.work:.0%}", check))
     return rows
 
 

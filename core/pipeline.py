@@ -48,15 +48,13 @@ class PreparedJob:
 
     def search_record(self, spec: JobSpec, state: SearchState) -> dict:
         """pruning.json's account of the search (core.racing.search_record)."""
-        from contract.racing import race_stages
         from core.racing import search_record
 
         if spec.search != "racing":
             return search_record(spec.search)
-        samples = len(self.input_ids)
-        stages = race_stages(samples, spec.batch_size, spec.race_slice)
-        margin = self.search_config(spec).race_margin
-        return search_record(spec.search, stages, margin, state.races)
+        config = self.search_config(spec)
+        stages = config.stages(len(self.input_ids))
+        return search_record(spec.search, stages, config.race_margin, state.races)
 
     def scorer(self, spec: JobSpec) -> Any:
         """A core.search.CandidateScorer for shares of this job's iterations (in racing's

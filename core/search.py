@@ -78,6 +78,12 @@ class SearchConfig:
             return self.batch_size
         return race_chunk(samples, self.batch_size, self.race_slice)
 
+    def stages(self, samples: int) -> list[int]:
+        """Where racing's stages end, in sequences (contract.racing); [] for an exact search."""
+        if self.search != "racing":
+            return []
+        return race_stages(samples, self.batch_size, self.race_slice)
+
     def check(self) -> None:
         """The checks that need no model, by JobSpec's rules (the one home of the bounds)."""
         JobSpec.check_fields(
@@ -87,12 +93,12 @@ class SearchConfig:
             block_types=self.block_types,
             batch_size=self.batch_size,
             cache_budget=self.cache_budget,
+            search=self.search,
         )
         problem = layer_method_problem(self.method, self.block_types, self.num_blocks)
         if problem is not None:
             raise UserError(*problem)
-        if self.search not in ("exact", "racing"):
-            raise UserError("search", f"must be exact or racing, got {self.search!r}")
+        # Not JobSpec's bound: the engine also takes an infinite margin (racing == exact).
         if not self.race_margin >= 0:
             raise UserError("race_margin", f"must be at least 0, got {self.race_margin}")
 
@@ -219,7 +225,7 @@ def run_search(
     state.total_iterations = config.num_blocks
     state.done = False  # a finished state may be extended with a larger target
     racing = config.search == "racing" and not ranked
-    stage_ends = race_stages(len(input_ids), config.batch_size, config.race_slice) if racing else []
+    stage_ends = config.stages(len(input_ids)) if racing else []
 
     cache = ActivationCache(
         bm, input_ids, config.chunk(len(input_ids)), config.cache_budget, config.host_budget

@@ -17,7 +17,6 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
-from contract.racing import race_stages
 from core.methods import run_method
 from core.pipeline import PreparedJob, export_job
 from service import fanout, outbox
@@ -182,8 +181,8 @@ def _fan_out(lease: Lease, prepared: PreparedJob) -> None:
     candidates = bm.candidates(spec.block_types)
     race = None
     if spec.search == "racing":  # each iteration in stages of shares (service.fanout)
-        stages = race_stages(len(prepared.input_ids), spec.batch_size, spec.race_slice)
-        race = (stages, prepared.search_config(spec).race_margin)
+        config = prepared.search_config(spec)
+        race = (config.stages(len(prepared.input_ids)), config.race_margin)
     plan = fanout.make_plan(
         [(b.kind, b.layer) for b in candidates],
         [bm.block_params(b) for b in candidates],
