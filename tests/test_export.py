@@ -2,6 +2,7 @@
 core's loader, and both compute exactly what the in-memory pruned model computes."""
 
 import copy
+import inspect
 import json
 
 import pytest
@@ -58,10 +59,12 @@ def zeroed_copy(model, removed: list[dict]):
 
 
 def load_both(path):
+    """The export through core's loader and through stock transformers' remote code, each in the
+    stored dtype (`dtype="auto"`: transformers 4 loads float32 by default, 5 the stored one)."""
     from transformers import AutoModelForCausalLM
 
-    remote = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
-    return {"core": load_pruned(path), "remote": remote}
+    remote = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="auto")
+    return {"core": load_pruned(path), "remote": remote.eval()}
 
 
 def stored_names(path) -> set[str]:
@@ -129,12 +132,15 @@ def test_export_computes_the_pruned_model(arch, tmp_path):
     assert pruning["engine_version"] == core.__version__
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 def test_generate_matches_the_zeroed_original(arch, tmp_path):
+    """With and without a KV cache, unpadded and left-padded, past the sliding window (6 tokens;
+    Mistral slides on every layer, Qwen on all but layer 0): the removed attention of layers 0
+    and 1 must not shift positions or masks."""
     model = build_model(arch)
     out = export_pruned(model, None, REMOVED, tmp_path / f"{arch}-gen", **RECORD)
     blocks = [Block.from_json(r) for r in REMOVED]
-    # Unpadded: greedy decoding with the KV cache equals full recomputation by BlockModel.
+    # Unpadded: greedy decoding equals full recomputation by BlockModel.
     prompt = tiny_ids()[:2, :5]
     greedy = prompt
     for _ in range(8):
@@ -148,10 +154,45 @@ def test_generate_matches_the_zeroed_original(arch, tmp_path):
         padded, attention_mask=mask, max_new_tokens=8, do_sample=False
     )
     for name, loaded in load_both(out).items():
-        tokens = loaded.generate(prompt, max_new_tokens=8, do_sample=False)
-        assert torch.equal(tokens, greedy), name
-        tokens = loaded.generate(padded, attention_mask=mask, max_new_tokens=8, do_sample=False)
-        assert torch.equal(tokens, reference), name
+        for use_cache in (True, False):
+            case = f"{name}, use_cache={use_cache}"
+            tokens = loaded.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=use_cache)
+            assert torch.equal(tokens, greedy), case
+            tokens = loaded.generate(
+                padded, attention_mask=mask, max_new_tokens=8, do_sample=False, use_cache=use_cache
+            )
+            assert torch.equal(tokens, reference), case
+
+
+def test_removed_attention_keeps_its_cache_slot_counting_at_one_number_per_token(tmp_path):
+    from transformers import DynamicCache
+
+    model = build_model("qwen2")  # layer 0 full attention, layers 1-3 sliding (window 6)
+    out = export_pruned(model, None, REMOVED, tmp_path / "slots", **RECORD)
+    loaded = load_pruned(out)
+    prompt = tiny_ids()[:2, :12]
+    cache = DynamicCache(config=loaded.config)
+    # transformers 5 renamed `past_key_values` to `cache`
+    name = "cache" if "cache" in inspect.signature(loaded.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        loaded(prompt, use_cache=True, **{name: cache})
+    assert [cache.get_seq_length(i) for i in range(3)] == [12, 12, 12]
+    removed, kept = cache.layers[0], cache.layers[1]
+    assert removed.keys.shape == (2, 1, 12, 1)  # one number per token, not heads x head_dim
+    heads, head_dim = kept.keys.shape[1], kept.keys.shape[3]
+    assert heads * head_dim == 2 * 8, kept.keys.shape  # tiny models: 2 KV heads of 8
+
+
+def test_static_cache_generates_like_the_dynamic_one(tmp_path):
+    model = build_model("llama")
+    out = export_pruned(model, None, REMOVED, tmp_path / "static", **RECORD)
+    prompt = tiny_ids()[:2, :5]
+    for name, loaded in load_both(out).items():
+        dynamic = loaded.generate(prompt, max_new_tokens=6, do_sample=False)
+        static = loaded.generate(
+            prompt, max_new_tokens=6, do_sample=False, cache_implementation="static"
+        )
+        assert torch.equal(static, dynamic), name
 
 
 def test_every_attention_removed_still_generates(tmp_path):

@@ -5,7 +5,8 @@ The model is the base architecture with some residual blocks made no-ops, descri
 (the convention of NVIDIA's Nemotron-NAS and vLLM's heterogeneous-model loaders):
 
 - a no-op attention block returns zeros and its `input_layernorm` is the identity, so the layer
-  adds exactly nothing to the residual stream (h + 0 == h) and stores nothing in the KV cache;
+  adds exactly nothing to the residual stream (h + 0 == h) and stores nothing in the KV cache
+  (its slot only counts the tokens, see `_track_length`);
 - a no-op ffn block does the same with `mlp` and `post_attention_layernorm`.
 
 Kept blocks keep their module names, so weights load under the base model's parameter names.
@@ -27,13 +28,6 @@ from transformers.models.llama.modeling_llama import LlamaForCausalLM as BaseFor
 
 BASE_MODEL_TYPE = "llama"
 # END BASE IMPORTS
-
-try:  # transformers >= 5
-    from transformers.cache_utils import DummyLayer as _DummyLayer
-
-    DUMMY_CACHE_LAYER: type | None = _DummyLayer
-except ImportError:  # pragma: no cover - older transformers: no-op layers keep an unused slot
-    DUMMY_CACHE_LAYER = None
 
 BLOCK_KEYS = ("attention", "ffn")
 
@@ -61,33 +55,34 @@ def block_config_flags(block_configs: object, num_layers: int) -> list[tuple[boo
     return flags
 
 
-def _release_cache_slot(cache: object, layer_idx: int) -> None:
-    """Make this layer's KV-cache slot a DummyLayer, which transformers skips when it measures the
-    cached length (for positions and masks), so a removed attention block costs no cache memory."""
-    layers = getattr(cache, "layers", None)
-    if DUMMY_CACHE_LAYER is None or not isinstance(layers, list):
-        return
-    replicate = getattr(cache, "layer_class_to_replicate", None)
-    while replicate is not None and len(layers) <= layer_idx:  # lazily grown DynamicCache
-        layers.append(replicate())
-    if layer_idx < len(layers) and not isinstance(layers[layer_idx], DUMMY_CACHE_LAYER):
-        layers[layer_idx] = DUMMY_CACHE_LAYER()
+def _track_length(cache: Any, layer_idx: int, hidden_states: torch.Tensor) -> None:
+    """Advance this layer's KV-cache slot by the new tokens, storing one zero per token.
+
+    transformers measures the cached length (positions, mask sizes) on whichever layer it picks,
+    often layer 0 or the first full or sliding one, and that may be a removed attention. A slot
+    that is never written reports length 0 there; a slot swapped for another class breaks when a
+    release changes which methods that class has (transformers 5.25: `DummyLayer` has no
+    `get_seq_length`); an empty head dimension counts as no tokens at all. Writing keys and values
+    of one head of size 1 keeps every slot an ordinary one of its own kind (full, sliding, static)
+    with the right length, through the one `update` that every cache and every release has: one
+    number per token for keys and one for values, where a kept attention stores
+    2 x heads x head_dim."""
+    batch, length = hidden_states.shape[:2]
+    zeros = hidden_states.new_zeros((batch, 1, length, 1))
+    cache.update(zeros, zeros, layer_idx)
 
 
 class NoOpAttention(nn.Module):
     """Stands in for a removed self-attention block: its branch adds zeros to the residual."""
 
-    def __init__(self, layer_idx: int, release_cache_slot: bool) -> None:
+    def __init__(self, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        # With no attention left anywhere, every slot stays an (empty) attention slot, because
-        # transformers needs at least one to measure the cache length.
-        self.release_cache_slot = release_cache_slot
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and self.release_cache_slot:
-            _release_cache_slot(cache, self.layer_idx)
+        if cache is not None:
+            _track_length(cache, self.layer_idx, hidden_states)
         return torch.zeros_like(hidden_states), None
 
 
@@ -102,10 +97,9 @@ def apply_block_configs(model: Any, block_configs: object) -> None:
     """Replace the no-op blocks of a base-architecture causal LM in place."""
     layers = model.model.layers
     flags = block_config_flags(block_configs, len(layers))
-    any_attention_kept = not all(attention_no_op for attention_no_op, _ in flags)
     for idx, (layer, (attention_no_op, ffn_no_op)) in enumerate(zip(layers, flags, strict=True)):
         if attention_no_op:
-            layer.self_attn = NoOpAttention(idx, release_cache_slot=any_attention_kept)
+            layer.self_attn = NoOpAttention(idx)
             layer.input_layernorm = nn.Identity()
         if ffn_no_op:
             layer.mlp = NoOpMLP()
