@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from svc.fixtures import BUCKET
-from svc.helpers import REPO, job_body
+from svc.helpers import PATIENCE, REPO, job_body
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,8 @@ def wait(driver: Any, predicate, timeout: float = 30, what: str = "the page") ->
         StaleElementReferenceException,
         ElementClickInterceptedException,
     )
-    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=retried).until(
+    bound = timeout * PATIENCE  # a bound on a state, not a timing (svc.helpers.PATIENCE)
+    return WebDriverWait(driver, bound, poll_frequency=0.1, ignored_exceptions=retried).until(
         lambda _: predicate(), message=f"waiting for {what}"
     )
 
