@@ -116,3 +116,13 @@ def survivors(nlls: Sequence[Sequence[float]], total: int, margin: float) -> lis
         if i == leader or d <= margin * s * scale:
             kept.append(i)
     return kept
+
+
+def race_work(raced: Sequence[int], stage_ends: Sequence[int]) -> float:
+    """A racing iteration's candidate-sequence passes as a fraction of an exact iteration's:
+    `raced[k]` candidates scored the sequences of stage k, which ends at `stage_ends[k]`."""
+    passes = sum(
+        count * (end - (stage_ends[k - 1] if k else 0))
+        for k, (count, end) in enumerate(zip(raced, stage_ends, strict=True))
+    )
+    return passes / (raced[0] * stage_ends[-1])

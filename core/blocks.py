@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract import BLOCK_KINDS, BLOCK_TYPES, ErrorCode, UserError
+from contract.iteration import block_position
 from contract.memory import LOGITS_CHUNK_BYTES
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -86,7 +87,7 @@ class BlockModel:
     def position(self, block: Block) -> int:
         if not 0 <= block.layer < self.num_layers:
             raise UserError("block", f"layer {block.layer} out of range 0..{self.num_layers - 1}")
-        return 2 * block.layer + (block.kind == "mlp")
+        return block_position(block.kind, block.layer)
 
     def block_at(self, position: int) -> Block:
         return Block(BLOCK_KINDS[position % 2], position // 2)

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from contract import BlockRef, Progress, RemovedBlock
-from contract.racing import stage_chunks, survivors
+from contract.iteration import winner
+from contract.racing import race_work, stage_chunks, survivors
 from contract.state import RaceRecord, RaceStage
 from core.activations import ActivationCache, ppl_from_nlls
 from core.blocks import Block
@@ -51,7 +52,7 @@ def race_iteration(
     step = len(cache.chunks[0])
     total = sum(len(c) for c in cache.chunks)
     nlls: dict[Unit, list[torch.Tensor]] = {u: [] for u in units}
-    racing, stages, passes = list(units), [], 0
+    racing, stages = list(units), []
     for k, end in enumerate(stage_ends):
         chunks = stage_chunks(stage_ends, k, step)
         for n, unit in enumerate(racing):
@@ -70,18 +71,20 @@ def race_iteration(
                         stages=len(stage_ends),
                     )
                 )
-        passes += len(racing) * (end - (stage_ends[k - 1] if k else 0))
         seen = torch.stack([torch.cat(nlls[u]) for u in racing])
         if end < total:
             racing = [racing[i] for i in survivors(seen.tolist(), total, margin)]
         else:  # every survivor has seen every sequence: the exact rule picks the winner
             ppls = [ppl_from_nlls(row) for row in seen]
-            best = min(range(len(racing)), key=lambda i: (ppls[i], i))
+            best = winner(ppls)
             racing, winner_ppl = [racing[best]], ppls[best]
         stages.append(RaceStage(sequences=end, raced=len(seen), kept=_refs(racing)))
-    winner = RemovedBlock(block=racing[0][0].kind, layer=racing[0][0].layer, ppl=winner_ppl)
+    removed = RemovedBlock(block=racing[0][0].kind, layer=racing[0][0].layer, ppl=winner_ppl)
     record = RaceRecord(
-        iteration=iteration, stages=stages, work=passes / (len(units) * total), winner=winner
+        iteration=iteration,
+        stages=stages,
+        work=race_work([s.raced for s in stages], stage_ends),
+        winner=removed,
     )
     return winner_ppl, racing[0], record
 

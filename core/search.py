@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from contract import BlockRef, JobSpec, Progress, RemovedBlock, SearchState, UserError
+from contract.iteration import beats, finish, target_reached, within_ratio
 from contract.racing import DEFAULT_RACE_MARGIN, race_chunk, race_stages
 from contract.spec import layer_method_problem, search_problem
 from core.activations import ActivationCache, After, ppl_from_nlls
@@ -230,11 +231,11 @@ def run_search(
     cache = ActivationCache(
         bm, input_ids, config.chunk(len(input_ids)), config.cache_budget, config.host_budget
     )
-    current_ppl = cache.build(removed)
+    removed_ppl = cache.build(removed)
     if state.base_ppl is None:
-        state.base_ppl = current_ppl
+        state.base_ppl = removed_ppl
 
-    while not _target_reached(state, config):
+    while not target_reached(state.iteration, config.num_blocks):
         remaining = [u for u in candidates if not set(u) & set(removed)]
         if ranked:
             remaining = remaining[:1]
@@ -267,21 +268,18 @@ def run_search(
             else:
                 ppl, unit, after = best
         unit_params = sum(bm.block_params(b) for b in unit)
-        if config.param_ratio is not None:
-            if (removed_params + unit_params) / total_params > config.param_ratio:
-                break  # the last step not above the ratio was the previous one
+        if not within_ratio(removed_params, unit_params, total_params, config.param_ratio):
+            break
         cache.adopt(unit, after if after is not None else cache.rerun(unit))
         del after
         removed.extend(unit)
         removed_params += unit_params
-        current_ppl = ppl
         state.removed.extend(RemovedBlock(block=b.kind, layer=b.layer, ppl=ppl) for b in unit)
         if race is not None:
             state.races.append(race)
         if on_iteration is not None:
             on_iteration(copy.deepcopy(state))  # a snapshot: the search goes on mutating `state`
-    state.done = True
-    state.final_ppl = current_ppl
+    finish(state)
     return state
 
 
@@ -302,7 +300,7 @@ def _exact_iteration(
         # Keep this candidate's activations only if they fit beside the best one's.
         held = cache.after_bytes(best[1]) if best is not None and best[2] else (0, 0)
         ppl, after = cache.score(unit, keep=cache.can_hold(unit, also=held))
-        if best is None or ppl < best[0]:  # strict: ties go to the first candidate
+        if beats(ppl, best[0] if best is not None else None):
             best = (ppl, unit, after)
         # A losing candidate's activations go now, not when the next one has recorded its
         # own: the peak is the cache + the best's + the current one's (contract.memory).
@@ -324,7 +322,3 @@ def _exact_iteration(
 
 def _ref(block: Block) -> BlockRef:
     return BlockRef(block=block.kind, layer=block.layer)
-
-
-def _target_reached(state: SearchState, config: SearchConfig) -> bool:
-    return config.num_blocks is not None and state.iteration >= config.num_blocks

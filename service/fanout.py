@@ -27,7 +27,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from contract import BlockRef, JobSpec, JobStatus, Progress, RemovedBlock, SearchState
-from contract.racing import survivors
+from contract.iteration import block_position, finish, target_reached, winner, within_ratio
+from contract.racing import race_work, survivors
 from contract.state import RaceRecord, RaceStage
 from service import transitions
 from service.jobstore import add_event
@@ -71,8 +72,7 @@ def split_shares(plan: dict, indexes: list[int], shares: int) -> list[list[int]]
     positions = 2 * plan["num_layers"]
 
     def cost(i: int) -> int:
-        block, layer = plan["candidates"][i]
-        return positions - (2 * layer + (block == "mlp"))
+        return positions - block_position(*plan["candidates"][i])
 
     heap: list[tuple[int, int, list[int]]] = [(0, n, []) for n in range(min(shares, len(indexes)))]
     for i in sorted(indexes, key=lambda i: (-cost(i), i)):
@@ -186,11 +186,13 @@ def record_score(
     rows = session.execute(
         select(
             CandidateScore.block, CandidateScore.layer, CandidateScore.ppl, CandidateScore.position
-        ).where(
+        )
+        .where(
             CandidateScore.job_id == job.id,
             CandidateScore.iteration == item.iteration,
             CandidateScore.stage == item.stage,
         )
+        .order_by(CandidateScore.position)
     ).all()
     total = sum(
         len(c)
@@ -204,7 +206,7 @@ def record_score(
         )
     )
     stages, last = stage_count(plan), item.stage == stage_count(plan)
-    best = min(rows, key=lambda r: (r.ppl, r.position))
+    best = rows[winner([r.ppl for r in rows])]  # the engine's rule, in the paper's order
     job.progress = Progress(
         iteration=state.iteration,
         total_iterations=JobSpec.model_validate(job.spec).num_blocks,
@@ -252,12 +254,12 @@ def _race_record(session: Session, job: Job, iteration: int, best: Any) -> RaceR
         went_on = by_stage[k + 1] if k + 1 < len(by_stage) else [best]
         kept = [BlockRef(block=r.block, layer=r.layer) for r in went_on]
         stages.append(RaceStage(sequences=ends[k], raced=len(raced), kept=kept))
-    passes = sum(
-        len(raced) * (ends[k] - (ends[k - 1] if k else 0)) for k, raced in enumerate(by_stage)
+    return RaceRecord(
+        iteration=iteration,
+        stages=stages,
+        work=race_work([len(raced) for raced in by_stage], ends),
+        winner=RemovedBlock(block=best.block, layer=best.layer, ppl=best.ppl),
     )
-    winner = RemovedBlock(block=best.block, layer=best.layer, ppl=best.ppl)
-    work = passes / (len(by_stage[0]) * ends[-1])
-    return RaceRecord(iteration=iteration, stages=stages, work=work, winner=winner)
 
 
 def _close(session: Session, job: Job, state: SearchState, best: Any) -> list[WorkItem]:
@@ -269,10 +271,8 @@ def _close(session: Session, job: Job, state: SearchState, best: Any) -> list[Wo
     removed_params = sum(
         plan["block_params"][plan["candidates"].index([r.block, r.layer])] for r in state.removed
     )
-    over_ratio = (
-        spec.param_ratio is not None
-        and (removed_params + plan["block_params"][best.position]) / plan["total_params"]
-        > spec.param_ratio
+    over_ratio = not within_ratio(
+        removed_params, plan["block_params"][best.position], plan["total_params"], spec.param_ratio
     )
     if not over_ratio:
         state.removed.append(RemovedBlock(block=best.block, layer=best.layer, ppl=best.ppl))
@@ -287,13 +287,8 @@ def _close(session: Session, job: Job, state: SearchState, best: Any) -> list[Wo
         )
     state.total_iterations = spec.num_blocks
     left = len(plan["candidates"]) - state.iteration
-    if (
-        over_ratio
-        or left == 0
-        or (spec.num_blocks is not None and state.iteration >= spec.num_blocks)
-    ):
-        state.done = True
-        state.final_ppl = state.removed[-1].ppl if state.removed else state.base_ppl
+    if over_ratio or left == 0 or target_reached(state.iteration, spec.num_blocks):
+        finish(state)
     job.state = state.to_json()
     job.progress = Progress(iteration=state.iteration, total_iterations=spec.num_blocks).model_dump(
         mode="json"

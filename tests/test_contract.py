@@ -12,6 +12,8 @@ from contract import (
     JobSpec,
     JobStatus,
     Progress,
+    RemovedBlock,
+    SearchState,
     UserError,
     check_transition,
 )
@@ -120,3 +122,46 @@ def test_every_error_code_is_described():
         "message": "x: y",
         "field": "x",
     }
+
+
+# --- The iteration rule (contract.iteration), shared by the engine and the fan-out -------------
+
+
+def test_the_winner_is_the_lowest_ppl_and_ties_go_to_the_first():
+    from contract.iteration import beats, winner
+
+    assert winner([3.0, 1.5, 2.0, 1.5]) == 1
+    assert winner([2.0]) == 0
+    assert beats(1.0, None) and beats(1.0, 1.5) and not beats(1.5, 1.5)
+    with pytest.raises(ValueError):
+        winner([])
+
+
+def test_the_ratio_admits_a_step_that_lands_on_it_and_not_one_past_it():
+    from contract.iteration import target_reached, within_ratio
+
+    assert within_ratio(10, 10, 100, 0.2)  # exactly 20%
+    assert not within_ratio(10, 11, 100, 0.2)
+    assert within_ratio(10**9, 1, 1, None)  # no ratio: a block count decides
+    assert target_reached(3, 3) and not target_reached(2, 3) and not target_reached(99, None)
+
+
+def test_finish_takes_the_last_removals_ppl_or_the_base_one():
+    from contract.iteration import finish
+
+    state = SearchState(base_ppl=10.0)
+    finish(state)
+    assert state.done and state.final_ppl == 10.0
+    state = SearchState(base_ppl=10.0, removed=[RemovedBlock(block="mha", layer=2, ppl=12.5)])
+    finish(state)
+    assert state.final_ppl == 12.5
+
+
+def test_block_positions_and_race_work():
+    from contract.iteration import block_position
+    from contract.racing import race_work
+
+    assert [block_position(b, i) for i in (0, 1) for b in ("mha", "mlp")] == [0, 1, 2, 3]
+    # 60 candidates on 4 sequences, 7 on the next 4, 3 on the last 8: of 60 x 16 passes
+    assert race_work([60, 7, 3], [4, 8, 16]) == (60 * 4 + 7 * 4 + 3 * 8) / (60 * 16)
+    assert race_work([5], [16]) == 1.0  # one stage: the exact search's work
