@@ -300,7 +300,7 @@ def _exact_iteration(
         # Keep this candidate's activations only if they fit beside the best one's.
         held = cache.after_bytes(best[1]) if best is not None and best[2] else (0, 0)
         ppl, after = cache.score(unit, keep=cache.can_hold(unit, also=held))
-        if beats(ppl, best[0] if best is not None else None):
+        if best is None or beats(ppl, best[0]):
             best = (ppl, unit, after)
         # A losing candidate's activations go now, not when the next one has recorded its
         # own: the peak is the cache + the best's + the current one's (contract.memory).
