@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from contract import BlockRef, JobSpec, JobStatus, Progress, RemovedBlock, SearchState
+from contract import BlockRef, ItemStatus, JobSpec, JobStatus, Progress, RemovedBlock, SearchState
 from contract.iteration import block_position, finish, target_reached, winner, within_ratio
 from contract.racing import race_work, survivors
 from contract.state import RaceRecord, RaceStage
@@ -105,7 +105,7 @@ def add_iteration_items(
             stage=stage,
             share=n,
             candidates=[job.plan["candidates"][i] for i in share],
-            status="queued",
+            status=ItemStatus.QUEUED.value,
             enqueued_at=func.now(),
         )
         for n, share in enumerate(split_shares(job.plan, indexes, job.parallelism))
@@ -300,7 +300,7 @@ def _close(session: Session, job: Job, state: SearchState, best: Any) -> list[Wo
             iteration=state.iteration,
             share=0,
             candidates=[],
-            status="queued",
+            status=ItemStatus.QUEUED.value,
             enqueued_at=func.now(),
         )
         session.add(export)
@@ -318,9 +318,8 @@ def cancel(session: Session, job: Job, reason: str) -> None:
 
 def close_items(session: Session, job_id: str) -> None:
     """The job ended (cancelled, failed): no item of it runs on."""
+    open_statuses = [status.value for status in ItemStatus if not status.terminal]
     for item in session.scalars(
-        select(WorkItem).where(
-            WorkItem.job_id == job_id, WorkItem.status.in_(["queued", "running"])
-        )
+        select(WorkItem).where(WorkItem.job_id == job_id, WorkItem.status.in_(open_statuses))
     ):
-        item.status, item.lease_token, item.finished_at = "cancelled", None, func.now()
+        transitions.set_item_status(item, ItemStatus.CANCELLED)

@@ -1,7 +1,9 @@
-"""The status machine applied to job rows: every status change of the service is made here.
+"""The status machines applied to rows: every status change of the service is made here.
 
-contract.status holds the table of legal changes; `set_status` checks each change against it,
-records a `status` event, and is the only code that assigns `Job.status`. The callers (the
+contract.status holds the tables of legal changes; `set_status` checks each change of a job
+against its table, records a `status` event, and is the only code that assigns `Job.status`;
+`set_item_status` does the same for a fanned-out job's work items (`WorkItem.status`), with
+the lease fields each status implies. The callers (the
 cancel route, worker.leases, worker.reaper) say what happened; this module decides what the
 job becomes. Every function runs in its caller's transaction, on a row the caller has locked.
 """
@@ -14,9 +16,9 @@ from typing import Any
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
-from contract import ErrorCode, JobStatus, check_transition
+from contract import ErrorCode, ItemStatus, JobStatus, check_transition
 from service.jobstore import add_event
-from service.tables import Job
+from service.tables import Job, WorkItem
 from service.webhook_outbox import queue_webhook
 
 
@@ -104,3 +106,28 @@ def mark_enqueued(job: Job) -> None:
 
 def _drop_lease(job: Job) -> None:
     job.lease_token = job.lease_owner = job.lease_expires_at = None
+
+
+def set_item_status(
+    item: WorkItem,
+    status: ItemStatus,
+    *,
+    token: str | None = None,
+    owner: str | None = None,
+    expires_at: datetime | None = None,
+) -> None:
+    """Change a work item's status if its machine allows it (IllegalTransition if not), with the
+    fields that go with it: running is one more attempt under the lease (`token`, `owner`,
+    `expires_at`); queued drops the lease and restarts the reaper's wait; done and cancelled
+    drop the lease and stamp the end."""
+    new = check_transition(item.status, status, ItemStatus)
+    item.status = new.value
+    if new is ItemStatus.RUNNING:
+        item.attempts += 1
+        item.lease_token, item.lease_owner, item.lease_expires_at = token, owner, expires_at
+        return
+    item.lease_token = None
+    if new is ItemStatus.QUEUED:
+        item.enqueued_at = func.now()
+    else:
+        item.finished_at = func.now()

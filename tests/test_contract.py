@@ -9,6 +9,7 @@ import pytest
 from contract import (
     ErrorCode,
     IllegalTransition,
+    ItemStatus,
     JobSpec,
     JobStatus,
     Progress,
@@ -41,6 +42,26 @@ def test_every_status_change_is_decided_by_the_table(current, new):
     else:
         with pytest.raises(IllegalTransition, match=f"{current.value} -> {new.value}"):
             check_transition(current, new)
+
+
+ITEM_LEGAL = {
+    ("queued", "running"),
+    ("queued", "cancelled"),
+    ("running", "queued"),
+    ("running", "running"),
+    ("running", "done"),
+    ("running", "cancelled"),
+}
+
+
+@pytest.mark.parametrize(("current", "new"), list(itertools.product(ItemStatus, ItemStatus)))
+def test_every_work_item_status_change_is_decided_by_its_table(current, new):
+    if (current.value, new.value) in ITEM_LEGAL:
+        assert check_transition(current.value, new.value, ItemStatus) is new
+    else:
+        with pytest.raises(IllegalTransition, match=f"{current.value} -> {new.value}"):
+            check_transition(current, new, ItemStatus)
+    assert {s for s in ItemStatus if s.terminal} == {ItemStatus.DONE, ItemStatus.CANCELLED}
 
 
 def test_final_statuses_lead_nowhere_and_leases_belong_to_running_ones():

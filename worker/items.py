@@ -20,26 +20,19 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from contract import ErrorCode, JobSpec, JobStatus, Phase, SearchState, UserError
+from contract import ErrorCode, ItemStatus, JobSpec, JobStatus, Phase, SearchState, UserError
 from contract.racing import stage_chunks
 from core.pipeline import PreparedJob
 from core.search import CandidateScorer
 from service import fanout, outbox, transitions
-from service.backoff import worth_an_event
 from service.db import transaction
-from service.jobstore import add_event
 from service.logs import bind_log_context
 from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
 from worker import metrics
 from worker.job_inputs import evaluate, prepare
-from worker.leases import Heartbeat, LeaseLost, add_outage_event
-from worker.outages import (
-    Dependency,
-    DependencyUnavailable,
-    outlasts_database_outages,
-    through_outages,
-)
+from worker.leases import FencedLease, Heartbeat, LeaseLost
+from worker.outages import DependencyUnavailable, outlasts_database_outages, through_outages
 from worker.scratch import job_scratch
 
 log = logging.getLogger(__name__)
@@ -49,7 +42,10 @@ class Stop(Exception):
     """The job was cancelled or ended: this item stops without writing more."""
 
 
-class ItemLease:
+class ItemLease(FencedLease):
+    """A work item of a fanned-out job, held by one worker. Its fenced writes lock the job row
+    first (every score write of a job is serialised), then the item by its lease token."""
+
     def __init__(self, item_id: int, token: str, owner: str, lease_s: float) -> None:
         self.item_id, self.token, self.owner, self.lease_s = item_id, token, owner, lease_s
 
@@ -60,17 +56,19 @@ class ItemLease:
             item = s.scalar(
                 select(WorkItem).where(WorkItem.id == item_id).with_for_update(skip_locked=True)
             )
-            if item is None or item.status in ("done", "cancelled"):
+            if item is None or ItemStatus(item.status).terminal:
                 return None
             now: datetime = s.execute(select(func.now())).scalar_one()
-            if item.status == "running" and item.lease_expires_at and item.lease_expires_at > now:
+            running = item.status == ItemStatus.RUNNING
+            if running and item.lease_expires_at and item.lease_expires_at > now:
                 return None
             job = s.get(Job, item.job_id, with_for_update=True)
             assert job is not None
             if job.cancel_requested or JobStatus(job.status).terminal:
                 if job.cancel_requested:
                     fanout.cancel(s, job, reason="cancel requested")
-                item.status = "cancelled"
+                if not ItemStatus(item.status).terminal:
+                    transitions.set_item_status(item, ItemStatus.CANCELLED)
                 return None
             if item.attempts >= job.max_attempts:
                 error = {
@@ -81,14 +79,15 @@ class ItemLease:
                 fanout.close_items(s, job.id)
                 return None
             token = str(uuid.uuid4())
-            item.status, item.attempts = "running", item.attempts + 1
-            item.lease_token, item.lease_owner = token, owner
-            item.lease_expires_at = now + timedelta(seconds=lease_s)
+            expires = now + timedelta(seconds=lease_s)
+            transitions.set_item_status(
+                item, ItemStatus.RUNNING, token=token, owner=owner, expires_at=expires
+            )
             return cls(item.id, token, owner, lease_s)
 
-    def _locked(self, s: Session) -> tuple[Job, WorkItem]:
-        """The job row (locked first: every score write of a job is serialised), then this
-        item, fenced by the lease token."""
+    def _locked_item(self, s: Session) -> tuple[Job, WorkItem]:
+        """The job row (locked first), then this item, fenced by the lease token. A job that
+        was cancelled or ended stops the item (Stop)."""
         job_id = s.scalar(select(WorkItem.job_id).where(WorkItem.id == self.item_id))
         job = s.get(Job, job_id, with_for_update=True)
         item = s.scalar(
@@ -96,7 +95,7 @@ class ItemLease:
             .where(WorkItem.id == self.item_id, WorkItem.lease_token == self.token)
             .with_for_update()
         )
-        if job is None or item is None or item.status != "running":
+        if job is None or item is None or item.status != ItemStatus.RUNNING:
             raise LeaseLost(str(self.item_id))
         if job.cancel_requested:
             fanout.cancel(s, job, reason="stopped between candidates")
@@ -106,9 +105,17 @@ class ItemLease:
         item.lease_expires_at = func.now() + timedelta(seconds=self.lease_s)
         return job, item
 
-    def renew(self) -> None:
-        with transaction() as s:
-            self._locked(s)
+    def _locked(self, s: Session) -> Job:
+        return self._locked_item(s)[0]
+
+    def _on_job_end(self, s: Session, job: Job, status: JobStatus) -> None:
+        """The export item succeeded with the job; a failure ends every item of the job."""
+        if status is JobStatus.SUCCEEDED:
+            item = s.get(WorkItem, self.item_id)  # locked by `_locked` in this transaction
+            assert item is not None
+            transitions.set_item_status(item, ItemStatus.DONE)
+        else:
+            fanout.close_items(s, job.id)
 
     @outlasts_database_outages
     def record(
@@ -121,7 +128,7 @@ class ItemLease:
         """Commit a score, with the messages of the items it creates when it closed a stage or
         the iteration (the next stage's or iteration's shares, or the export)."""
         with transaction() as s:
-            job, item = self._locked(s)
+            job, item = self._locked_item(s)
             new_items = fanout.record_score(s, job, item, block, ppl, removed_ppl, self.owner, nlls)
             for new in new_items:
                 outbox.add(s, "item", new.id)
@@ -129,48 +136,16 @@ class ItemLease:
     @outlasts_database_outages
     def done(self) -> None:
         with transaction() as s:
-            _, item = self._locked(s)
-            item.status, item.lease_token, item.finished_at = "done", None, func.now()
-
-    @outlasts_database_outages
-    def set_phase(self, phase: Phase) -> None:
-        with transaction() as s:
-            job, _ = self._locked(s)
-            job.phase = phase.value
-            add_event(s, job.id, "phase", phase=phase.value)
-
-    @outlasts_database_outages
-    def succeed(self, artifacts: list[dict], evaluation: dict | None = None) -> None:
-        with transaction() as s:
-            job, item = self._locked(s)
-            job.artifacts, job.evaluation = artifacts, evaluation
-            add_event(s, job.id, "uploaded", files=len(artifacts))
-            transitions.finish(s, job, JobStatus.SUCCEEDED)
-            item.status, item.lease_token, item.finished_at = "done", None, func.now()
-
-    @outlasts_database_outages
-    def fail(self, error: dict) -> None:
-        with transaction() as s:
-            job, _ = self._locked(s)
-            transitions.finish(s, job, JobStatus.FAILED, error=error)
-            fanout.close_items(s, job.id)
+            _, item = self._locked_item(s)
+            transitions.set_item_status(item, ItemStatus.DONE)
 
     @outlasts_database_outages
     def release(self, delay_s: float) -> None:
         """Back to the queue after a failure that may pass, its message sent after `delay_s`."""
         with transaction() as s:
-            _, item = self._locked(s)
-            item.status, item.lease_token, item.enqueued_at = "queued", None, func.now()
+            _, item = self._locked_item(s)
+            transitions.set_item_status(item, ItemStatus.QUEUED)
             outbox.add(s, "item", item.id, delay_s)
-
-    def note_retry(
-        self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
-    ) -> None:
-        """A "retry" event on the job: this item waits out an outage (worker.outages)."""
-        if worth_an_event(tries):
-            with transaction() as s:
-                job, _ = self._locked(s)
-                add_outage_event(s, job.id, dependency, tries, waited_s, wait_s, error)
 
 
 # job id -> its model, tokens and scorer: the last job only, kept between its shares

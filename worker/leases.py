@@ -1,11 +1,13 @@
-"""A worker's hold on a job: claimed with FOR UPDATE SKIP LOCKED, renewed by a heartbeat, and
-checked by every write.
+"""A worker's hold on a job or on a work item of a fanned-out job: claimed with FOR UPDATE SKIP
+LOCKED, renewed by a heartbeat, and checked by every write.
 
-Each write locks the job row *with the worker's lease token in the WHERE clause*; a worker whose
-lease was taken over (it stalled, the reaper re-queued the job, another worker claimed it) finds
-no row, gets `LeaseLost` and stops without writing anything. Every write also extends the lease
-and reads the job's cancel flag into `Lease.cancel_requested`. What the job becomes is decided
-by service.transitions.
+Both are a `FencedLease`: each write locks the held row *with the worker's lease token in the
+WHERE clause*; a worker whose lease was taken over (it stalled, the reaper re-queued the row,
+another worker claimed it) finds no row, gets `LeaseLost` and stops without writing anything.
+Every write also extends the lease. The writes that act on the job (its phase, an outage's
+retry event, success, failure) are the base's, written once; `Lease` (a whole job) and
+`worker.items.ItemLease` (a work item) each add how they claim, lock and give back their row.
+What the job or item becomes is decided by service.transitions.
 """
 
 from __future__ import annotations
@@ -39,8 +41,80 @@ class LeaseLost(Exception):
     """Another worker (or the reaper) owns this job now; stop and write nothing."""
 
 
+class FencedLease:
+    """What a job's lease and a work item's lease share: the fenced lock, the heartbeat's renewal
+    and the writes that act on the job. A subclass says how it locks its row (`_locked`) and
+    what becomes of its row when the job ends (`_on_job_end`)."""
+
+    token: str
+    owner: str
+    lease_s: float
+
+    def _locked(self, s: Session) -> Job:
+        """Lock the held row by its lease token (LeaseLost if it is not held any more), extend
+        the lease, and return the job row, locked."""
+        raise NotImplementedError
+
+    def _on_job_end(self, s: Session, job: Job, status: JobStatus) -> None:
+        """The job just ended with `status` in this transaction (nothing to do for a job)."""
+
+    def renew(self) -> None:
+        """Extend the lease (the heartbeat)."""
+        with transaction() as s:
+            self._locked(s)
+
+    @outlasts_database_outages
+    def set_phase(self, phase: Phase) -> None:
+        with transaction() as s:
+            job = self._locked(s)
+            job.phase = phase.value
+            add_event(s, job.id, "phase", phase=phase.value)
+
+    @outlasts_database_outages
+    def succeed(
+        self,
+        artifacts: list[dict[str, Any]],
+        evaluation: dict[str, Any] | None = None,
+        *,
+        state: SearchState | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """The export is uploaded: the job succeeds, with its files, evaluation and (from a
+        whole-job lease) its final state and progress."""
+        with transaction() as s:
+            job = self._locked(s)
+            if state is not None:
+                job.state = state.to_json()
+            if progress is not None:
+                job.progress = progress.model_dump(mode="json")
+            job.artifacts, job.evaluation = artifacts, evaluation
+            add_event(s, job.id, "uploaded", files=len(artifacts))
+            transitions.finish(s, job, JobStatus.SUCCEEDED)
+            self._on_job_end(s, job, JobStatus.SUCCEEDED)
+
+    @outlasts_database_outages
+    def fail(self, error: dict) -> None:
+        with transaction() as s:
+            job = self._locked(s)
+            transitions.finish(s, job, JobStatus.FAILED, error=error)
+            self._on_job_end(s, job, JobStatus.FAILED)
+
+    def note_retry(
+        self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
+    ) -> None:
+        """A "retry" event on the job: it waits out an outage of `dependency` (worker.outages),
+        at tries 1, 2, 4, 8... (service.backoff.worth_an_event)."""
+        if not worth_an_event(tries):
+            return
+        with transaction() as s:
+            job = self._locked(s)
+            add_outage_event(s, job.id, dependency, tries, waited_s, wait_s, error)
+
+
 @dataclass
-class Lease:
+class Lease(FencedLease):
+    """A whole job, held by one worker."""
+
     job_id: str
     tenant_id: str
     token: str
@@ -93,6 +167,7 @@ class Lease:
 
     # ---- fenced writes ------------------------------------------------------------------------
     def _locked(self, s: Session) -> Job:
+        """The job row, by this lease's token; also reads its cancel flag into the lease."""
         job = s.scalar(
             select(Job)
             .where(Job.id == self.job_id, Job.lease_token == self.token)
@@ -103,18 +178,6 @@ class Lease:
         job.lease_expires_at = func.now() + timedelta(seconds=self.lease_s)
         self.cancel_requested = job.cancel_requested
         return job
-
-    def renew(self) -> None:
-        """Extend the lease (the heartbeat); updates `cancel_requested`."""
-        with transaction() as s:
-            self._locked(s)
-
-    @outlasts_database_outages
-    def set_phase(self, phase: Phase) -> None:
-        with transaction() as s:
-            job = self._locked(s)
-            job.phase = phase.value
-            add_event(s, self.job_id, "phase", phase=phase.value)
 
     @outlasts_database_outages
     def set_progress(self, progress: Progress) -> None:
@@ -130,27 +193,6 @@ class Lease:
             job.state, job.progress = state.to_json(), progress.model_dump(mode="json")
             last = state.removed[-1].model_dump() if state.removed else {}
             add_event(s, self.job_id, "iteration", iteration=state.iteration, **last)
-
-    @outlasts_database_outages
-    def succeed(
-        self,
-        state: SearchState,
-        artifacts: list[dict[str, Any]],
-        progress: Progress,
-        evaluation: dict[str, Any] | None = None,
-    ) -> None:
-        with transaction() as s:
-            job = self._locked(s)
-            job.state, job.artifacts = state.to_json(), artifacts
-            job.evaluation = evaluation
-            job.progress = progress.model_dump(mode="json")
-            add_event(s, self.job_id, "uploaded", files=len(artifacts))
-            transitions.finish(s, job, JobStatus.SUCCEEDED)
-
-    @outlasts_database_outages
-    def fail(self, error: dict) -> None:
-        with transaction() as s:
-            transitions.finish(s, self._locked(s), JobStatus.FAILED, error=error)
 
     @outlasts_database_outages
     def cancel(self) -> None:
@@ -182,17 +224,6 @@ class Lease:
         with transaction() as s:
             if transitions.end_of_attempt(s, self._locked(s), reason, error):
                 outbox.add(s, "job", self.job_id, delay_s)
-
-    def note_retry(
-        self, dependency: Dependency, tries: int, waited_s: float, wait_s: float, error: Exception
-    ) -> None:
-        """A "retry" event: the job waits out an outage of `dependency` (worker.outages), at
-        tries 1, 2, 4, 8... (service.backoff.worth_an_event)."""
-        if not worth_an_event(tries):
-            return
-        with transaction() as s:
-            self._locked(s)
-            add_outage_event(s, self.job_id, dependency, tries, waited_s, wait_s, error)
 
 
 def add_outage_event(

@@ -21,7 +21,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from contract import LEASED_STATUSES, JobStatus
+from contract import LEASED_STATUSES, ItemStatus, JobStatus
 from service import outbox, queue, transitions
 from service.db import transaction
 from service.jobstore import add_event
@@ -64,9 +64,8 @@ def reap_once(
         )
         for job in stale:
             transitions.mark_enqueued(job)  # checked now: the next check waits anew
-            if outbox.pending(s, "job", job.id) or queue.message_waiting("job", job.id):
+            if not _message_lost(s, "job", job.id):
                 continue  # its message waits behind others: sending another only adds to them
-            # its message was lost (Redis restarted empty, the send failed): send again
             add_event(s, job.id, "requeued", reason="queued_too_long")
             outbox.add(s, "job", job.id)
             to_enqueue.append(job.id)
@@ -84,7 +83,7 @@ def _reap_items(s: Session, waited_since, judge_leases: bool) -> list[int]:
     (its claim counts the attempts), a message that waited too long is sent again."""
     expired = s.scalars(
         select(WorkItem)
-        .where(WorkItem.status == "running", WorkItem.lease_expires_at < func.now())
+        .where(WorkItem.status == ItemStatus.RUNNING.value, WorkItem.lease_expires_at < func.now())
         .limit(BATCH if judge_leases else 0)
         .with_for_update(skip_locked=True)
     )
@@ -93,19 +92,25 @@ def _reap_items(s: Session, waited_since, judge_leases: bool) -> list[int]:
         add_event(
             s, item.job_id, "retry", reason="lease_expired", item=item.id, worker=item.lease_owner
         )
-        item.status, item.lease_token, item.enqueued_at = "queued", None, func.now()
+        transitions.set_item_status(item, ItemStatus.QUEUED)
         resend.append(item.id)
     stale = s.scalars(
         select(WorkItem)
-        .where(WorkItem.status == "queued", WorkItem.enqueued_at < waited_since)
+        .where(WorkItem.status == ItemStatus.QUEUED.value, WorkItem.enqueued_at < waited_since)
         .limit(BATCH)
         .with_for_update(skip_locked=True)
     )
     for item in stale:
         item.enqueued_at = func.now()
-        if not (outbox.pending(s, "item", item.id) or queue.message_waiting("item", str(item.id))):
+        if _message_lost(s, "item", item.id):
             resend.append(item.id)
     return resend
+
+
+def _message_lost(s: Session, kind: str, ident: str | int) -> bool:
+    """A queued row's message is neither in the outbox nor waiting in the broker: it was lost
+    (Redis restarted empty, the send failed), and is sent again."""
+    return not (outbox.pending(s, kind, ident) or queue.message_waiting(kind, str(ident)))
 
 
 class ReaperThread(threading.Thread):

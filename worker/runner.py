@@ -170,7 +170,8 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
         should_stop=reporter.should_stop,
     )
     done = state.iteration  # a finished job's progress is whole, whatever its target
-    lease.succeed(state, files, Progress(iteration=done, total_iterations=done), report)
+    progress = Progress(iteration=done, total_iterations=done)
+    lease.succeed(files, report, state=state, progress=progress)
     return "succeeded"
 
 

@@ -110,7 +110,7 @@ def test_lease_fences_a_worker_that_lost_it(new_job, sent):
     for stale_write in (
         lambda: old.renew(),
         lambda: old.checkpoint(SearchState(), Progress()),
-        lambda: old.succeed(SearchState(), [], Progress()),
+        lambda: old.succeed([], state=SearchState(), progress=Progress()),
         lambda: old.fail({"code": "x", "message": "y"}),
     ):
         with pytest.raises(LeaseLost):
