@@ -23,11 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_jobs_commands(sub)  # a service's jobs, through its API: needs only httpx
     try:
         from api.commands import add_api_commands
+        from migrations.commands import add_db_commands
         from service.commands import add_admin_commands
         from worker.commands import add_worker_commands
     except ImportError:  # no [service] extra: the engine's commands alone
         pass
     else:
+        add_db_commands(sub)
         add_admin_commands(sub)
         add_api_commands(sub)
         add_worker_commands(sub)

@@ -26,14 +26,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from contract.errors import UserError
 from contract.evaluation import EvaluationSpec
+from contract.methods import METHOD_TRAITS
 from contract.racing import DEFAULT_RACE_MARGIN, race_problem
 from contract.sources import check_builtin_calibration, check_builtin_model
 from contract.text import CleanStr
 
-Method = Literal["blockpruner", "shortgpt", "sleb"]
+Method = Literal["blockpruner", "shortgpt", "sleb"]  # METHOD_TRAITS's keys (a test holds it)
 METHODS: tuple[str, ...] = get_args(Method)
-# Methods that remove whole layers: a layer counts as its two blocks in every target.
-LAYER_METHODS = ("shortgpt", "sleb")
 Search = Literal["exact", "racing"]
 RACE_FIELDS = ("race_slice", "race_margin")  # settings of the racing search only
 BlockTypes = Literal["mix", "mha", "mlp"]
@@ -219,7 +218,7 @@ def layer_method_problem(
     method: str, block_types: str, num_blocks: int | None
 ) -> tuple[str, str] | None:
     """(field, message) when a layer method gets settings that only fit blocks; else None."""
-    if method not in LAYER_METHODS:
+    if not METHOD_TRAITS[method].layer_units:
         return None
     if block_types != "mix":
         return "block_types", f"{method} removes whole layers: use mix, not {block_types}"
@@ -237,8 +236,8 @@ def search_problem(
     """(field, message) when `search` cannot run with these settings; else None."""
     if search != "racing":
         return None
-    if method == "shortgpt":
-        return "search", "shortgpt ranks layers in one pass: racing applies to greedy methods"
+    if not METHOD_TRAITS[method].races:
+        return "search", f"{method} ranks layers in one pass: racing applies to greedy methods"
     return race_problem(samples, batch_size, race_slice)
 
 

@@ -16,6 +16,7 @@ from pydantic import ByteSize
 
 from contract import EMBEDDED_DEFAULTS, JobSpec, SearchState, UserError
 from contract.memory import DEVICE_HELP
+from contract.methods import METHOD_TRAITS
 from contract.spec import TARGET_FIELDS
 from contract.state import RaceRecord
 from core.eval_cli import add_eval_command, add_evaluation_options, evaluation_from_args
@@ -151,7 +152,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         )
     name = spec.model.split(":")[-1].rstrip("/").split("/")[-1] or "model"
     target = f"{spec.num_blocks}blocks" if spec.num_blocks else f"ratio{spec.param_ratio}"
-    kind = spec.block_types if spec.method == "blockpruner" else spec.method
+    kind = spec.method if METHOD_TRAITS[spec.method].layer_units else spec.block_types
     output = Path(args.output or f"pruned/{name}-{kind}-{target}")
     state_file = _state_path(output)
     state = None
@@ -339,12 +340,28 @@ def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
     print_table(rows)
 
 
+# What the [engine] extra brings (pyproject.toml): without it only `blockprune jobs` (and the
+# service's commands, with their extra) can run.
+ENGINE_PACKAGES = frozenset(
+    {"torch", "transformers", "safetensors", "tokenizers", "gguf", "accelerate", "numpy"}
+)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command; a user mistake is one line on stderr and exit code 2."""
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a client-only install: the engine is an extra
+        if (e.name or "").split(".")[0] not in ENGINE_PACKAGES:
+            raise
+        print(
+            f"error: `blockprune {args.command}` runs the engine, which is not installed "
+            f"({e.name} is missing): pip install 'blockprune[engine]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from contract.methods import METHOD_TRAITS
+
 
 def _base_name(pruning: dict) -> str | None:
     base = pruning.get("base_model") or {}
@@ -11,11 +13,9 @@ def _base_name(pruning: dict) -> str | None:
     return str(name) if name else None
 
 
-METHODS = {
-    "blockpruner": "BlockPruner, arXiv 2406.10594",
-    "shortgpt": "ShortGPT's Block Influence, arXiv 2403.03853",
-    "sleb": "SLEB, arXiv 2402.09025",
-}
+def _citation(method: str) -> str:
+    traits = METHOD_TRAITS.get(method)
+    return traits.citation if traits is not None else method
 
 
 def _racing_note(search: dict | None) -> list[str]:
@@ -57,7 +57,7 @@ def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None =
         title,
         "",
         f"Pruned with BlockPrune {pruning['engine_version']} "
-        f"({METHODS.get(pruning.get('method', 'blockpruner'), pruning.get('method'))}): "
+        f"({_citation(pruning.get('method', 'blockpruner'))}): "
         f"{len(removed)} of {2 * layers_before} residual blocks removed "
         f"(`mha` = self-attention, `mlp` = feed-forward); "
         f"{layers_before - layers_after} layers lost both blocks and were dropped.",

@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from contract import DTYPES as DTYPE_NAMES
 from contract import ErrorCode, UserError
@@ -34,6 +33,9 @@ from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
 from core.devices import device_map, parse_devices, place
 from core.files import apply_umask
 from core.hub import locate_hub_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 FIELD = "model"
 # The torch dtype of each of the contract's dtype names (the names are listed there only once).
@@ -44,7 +46,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class LoadedModel:
-    model: nn.Module  # in eval mode
+    model: PreTrainedModel  # a transformers causal LM, in eval mode
     tokenizer: object  # a transformers tokenizer
     name: str
     description: dict  # JSON-serialisable

@@ -1,8 +1,13 @@
-"""One pruning job from spec to export: the recipe both the CLI and the service worker run.
+"""One pruning job from spec to export: the recipe the CLI, a worker and a fanned-out job's
+export item all run.
 
-load model -> calibration tokens -> greedy search (resumable) -> export. The spec is saved in
-the export (pruning.json) and its result fields in the search state, so a resumed search refuses,
-naming the fields, a state that was made with different settings.
+load model -> calibration tokens -> search (resumable) -> evaluate if asked -> export ->
+publish. `run_job` is the recipe (`search_job`, then `finish_job`); what differs between its
+callers is in small hooks (`JobHooks`): the CLI reports to a progress bar and keeps the export
+where it wrote it, a worker writes phases and checkpoints through its lease, fetches the
+evaluation's texts through S3 outages and uploads the export (worker/recipe.py). The spec is
+saved in the export (pruning.json) and its result fields in the search state, so a resumed
+search refuses, naming the fields, a state that was made with different settings.
 """
 
 from __future__ import annotations
@@ -11,35 +16,68 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract import JobSpec, Phase, Progress, SearchState
 
 # The engine (torch) is imported inside the functions: `blockprune --help` and a worker's start
-# need the signatures, not torch.
+# need the signatures, not torch. The types are for the checker only.
+if TYPE_CHECKING:
+    import torch
+
+    from contract.memory import MemoryPlan
+    from core.blocks import BlockModel
+    from core.calibration import Calibration
+    from core.models import LoadedModel
+    from core.search import CandidateScorer, SearchConfig
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class JobHooks:
+    """What a caller of the recipe supplies; each has a do-nothing default."""
+
+    phase: Callable[[Phase], None] = _ignore
+    checkpoint: Callable[[SearchState], None] | None = None  # after each search iteration
+    progress: Callable[[Progress], None] | None = None  # after each scored candidate
+    should_stop: Callable[[], bool] = _never  # polled between candidates and between steps
+    # Before each step after the search: refresh what `should_stop` reads (a worker renews its
+    # lease and reads the cancel flag), so a cancel that came meanwhile wins.
+    refresh: Callable[[], None] = _ignore
+    evaluation_texts: Callable[[], dict[str, str] | None] = _ignore  # local copies, if any
+    on_step: Callable[[str], None] | None = None  # the evaluation's steps
+    publish: Callable[[Path], Any] = _ignore  # the export, written: a worker uploads it
 
 
 @dataclass
 class PruneResult:
     state: SearchState
-    out_dir: Path | None  # None when the search was stopped before its end
+    out_dir: Path | None = None  # None when the job was stopped before its export was published
     cancelled: bool = False
     evaluation: dict | None = None  # the report, when the spec asked for an evaluation
+    published: Any = None  # what `JobHooks.publish` returned (a worker: the uploaded files)
 
 
 @dataclass
 class PreparedJob:
     """A job's model and calibration tokens, loaded: what a search or a share of one needs."""
 
-    loaded: Any  # core.models.LoadedModel
-    bm: Any  # core.blocks.BlockModel
-    calibration: Any  # core.calibration.Calibration (with the spec's source name)
-    input_ids: Any  # torch.Tensor on the job's (first) device
-    plan: Any = None  # contract.memory.MemoryPlan: the memory the planner expects
+    loaded: LoadedModel
+    bm: BlockModel
+    calibration: Calibration  # with the spec's source name
+    input_ids: torch.Tensor  # on the job's (first) device
+    plan: MemoryPlan | None = None  # the memory the planner expects
     cache_budget: int | None = None  # the budgets the planner chose for this machine
     host_budget: int = 0
 
-    def search_config(self, spec: JobSpec, verify: bool = False) -> Any:
+    def search_config(self, spec: JobSpec, verify: bool = False) -> SearchConfig:
         """The spec's core.search.SearchConfig with this machine's budgets (`verify`: a racing
         search also runs each iteration exactly and records the exact pick)."""
         from core.search import SearchConfig
@@ -56,7 +94,7 @@ class PreparedJob:
         stages = config.stages(len(self.input_ids))
         return search_record(spec.search, stages, config.race_margin, state.races)
 
-    def scorer(self, spec: JobSpec) -> Any:
+    def scorer(self, spec: JobSpec) -> CandidateScorer:
         """A core.search.CandidateScorer for shares of this job's iterations (in racing's
         chunks for a racing search, so its stages end on chunk boundaries)."""
         from core.search import CandidateScorer
@@ -188,6 +226,72 @@ def export_job(
     return Path(path)
 
 
+def search_job(
+    prepared: PreparedJob,
+    spec: JobSpec,
+    state: SearchState,
+    hooks: JobHooks,
+    verify: bool = False,
+) -> SearchState:
+    """The spec's method from `state` (core.methods), in the phase `searching`."""
+    from core.methods import run_method
+
+    hooks.phase(Phase.SEARCHING)
+    return run_method(
+        prepared.bm,
+        prepared.input_ids,
+        prepared.search_config(spec, verify),
+        state,
+        on_iteration=hooks.checkpoint,
+        on_progress=hooks.progress,
+        should_stop=hooks.should_stop,
+    )
+
+
+def finish_job(
+    prepared: PreparedJob,
+    spec: JobSpec,
+    state: SearchState,
+    out_dir: str | Path,
+    hooks: JobHooks,
+    **export_kw: Any,
+) -> PruneResult:
+    """What every job does after its search: evaluate if asked, export, publish. Stopped
+    (`cancelled`) when the search did not finish, or `should_stop` says so before the
+    evaluation or before publishing."""
+
+    def stop_now() -> bool:
+        hooks.refresh()
+        return hooks.should_stop()
+
+    if not state.done or stop_now():
+        return PruneResult(state, cancelled=True)
+    evaluation = None
+    if spec.evaluates:
+        hooks.phase(Phase.EVALUATING)
+        paths = hooks.evaluation_texts()
+        evaluation = evaluate_job(prepared, spec, state, paths=paths, on_step=hooks.on_step)
+    hooks.phase(Phase.EXPORTING)
+    out = export_job(prepared, spec, state, out_dir, evaluation, **export_kw)
+    if stop_now():
+        return PruneResult(state, cancelled=True, evaluation=evaluation)
+    return PruneResult(state, out, evaluation=evaluation, published=hooks.publish(out))
+
+
+def run_job(
+    prepared: PreparedJob,
+    spec: JobSpec,
+    state: SearchState,
+    out_dir: str | Path,
+    hooks: JobHooks,
+    verify: bool = False,
+    **export_kw: Any,
+) -> PruneResult:
+    """The recipe: search from `state`, then finish (evaluate, export, publish)."""
+    state = search_job(prepared, spec, state, hooks, verify)
+    return finish_job(prepared, spec, state, out_dir, hooks, **export_kw)
+
+
 def run_prune(
     spec: JobSpec,
     out_dir: str | Path,
@@ -206,11 +310,10 @@ def run_prune(
     on_step: Callable[[str], None] | None = None,
     verify: bool = False,
 ) -> PruneResult:
-    """Run one pruning job: prepare, search (from `state`, resumed), evaluate if asked, export.
-    `on_step` hears the evaluation's steps; `verify`: a racing search checks each pick against
-    the exact search's (pruning.json reports any disagreement)."""
-    from core.methods import run_method
-
+    """One pruning job in this process (the CLI's): prepare, then the recipe with the caller's
+    callbacks; the export stays in `out_dir`. `on_step` hears the evaluation's steps; `verify`:
+    a racing search checks each pick against the exact search's (pruning.json reports any
+    disagreement)."""
     if state is None:
         state = SearchState.new(spec)
     else:
@@ -226,22 +329,11 @@ def run_prune(
         on_phase=on_phase,
         on_plan=on_plan,
     )
-    (on_phase or (lambda _: None))(Phase.SEARCHING)
-    state = run_method(
-        prepared.bm,
-        prepared.input_ids,
-        prepared.search_config(spec, verify),
-        state,
-        on_iteration=on_iteration,
-        on_progress=on_progress,
-        should_stop=should_stop,
+    hooks = JobHooks(
+        phase=on_phase or _ignore,
+        checkpoint=on_iteration,
+        progress=on_progress,
+        should_stop=should_stop or _never,
+        on_step=on_step,
     )
-    if not state.done:
-        return PruneResult(state, None, cancelled=True)
-    evaluation = None
-    if spec.evaluates:
-        (on_phase or (lambda _: None))(Phase.EVALUATING)
-        evaluation = evaluate_job(prepared, spec, state, on_step=on_step)
-    (on_phase or (lambda _: None))(Phase.EXPORTING)
-    out = export_job(prepared, spec, state, out_dir, evaluation, overwrite=overwrite)
-    return PruneResult(state, out, evaluation=evaluation)
+    return run_job(prepared, spec, state, out_dir, hooks, verify, overwrite=overwrite)

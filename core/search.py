@@ -24,6 +24,7 @@ from contract import BlockRef, JobSpec, Progress, RemovedBlock, SearchState, Use
 from contract.iteration import beats, finish, target_reached, within_ratio
 from contract.racing import DEFAULT_RACE_MARGIN, race_chunk, race_stages
 from contract.spec import layer_method_problem, search_problem
+from contract.state import RaceRecord
 from core.activations import ActivationCache, After, ppl_from_nlls
 from core.blocks import Block, BlockModel
 from core.racing import Unit, race_iteration, verified
@@ -225,9 +226,10 @@ def run_search(
     removed_params = sum(bm.block_params(b) for b in removed)
     state.total_iterations = config.num_blocks
     state.done = False  # a finished state may be extended with a larger target
+    # How each iteration picks, decided once: a ranking takes its next unit (scored exactly),
+    # a racing search races, an exact one scores every unit on every sequence.
     racing = config.search == "racing" and not ranked
-    stage_ends = config.stages(len(input_ids)) if racing else []
-
+    pick = _racing_pick if racing else _exact_pick
     cache = ActivationCache(
         bm, input_ids, config.chunk(len(input_ids)), config.cache_budget, config.host_budget
     )
@@ -241,46 +243,83 @@ def run_search(
             remaining = remaining[:1]
         if not remaining:
             break
-        race = None
-        if racing:
-            raced = race_iteration(
-                cache,
-                remaining,
-                stage_ends,
-                config.race_margin,
-                state.iteration + 1,
-                config.num_blocks,
-                on_progress=on_progress,
-                should_stop=should_stop,
-            )
-            if raced is None:
-                return state
-            ppl, unit, race = raced
-            after: After | None = None
-        if not racing or config.verify:
-            best = _exact_iteration(cache, remaining, state, config, on_progress, should_stop)
-            if best is None:
-                return state
-            if race is not None:
-                race = verified(race, best[:2])
-                if best[1] == unit:  # the same pick: its activations need no rerun
-                    after = best[2]
-            else:
-                ppl, unit, after = best
-        unit_params = sum(bm.block_params(b) for b in unit)
+        picked = pick(cache, remaining, state, config, on_progress, should_stop)
+        if picked is None:
+            return state  # stopped: `done` stays False
+        unit_params = sum(bm.block_params(b) for b in picked.unit)
         if not within_ratio(removed_params, unit_params, total_params, config.param_ratio):
             break
-        cache.adopt(unit, after if after is not None else cache.rerun(unit))
+        after = picked.after if picked.after is not None else cache.rerun(picked.unit)
+        picked.after = None  # the cache holds them from here: no second reference
+        cache.adopt(picked.unit, after)
         del after
-        removed.extend(unit)
+        removed.extend(picked.unit)
         removed_params += unit_params
-        state.removed.extend(RemovedBlock(block=b.kind, layer=b.layer, ppl=ppl) for b in unit)
-        if race is not None:
-            state.races.append(race)
+        state.removed.extend(
+            RemovedBlock(block=b.kind, layer=b.layer, ppl=picked.ppl) for b in picked.unit
+        )
+        if picked.race is not None:
+            state.races.append(picked.race)
         if on_iteration is not None:
             on_iteration(copy.deepcopy(state))  # a snapshot: the search goes on mutating `state`
     finish(state)
     return state
+
+
+@dataclass
+class Pick:
+    """One iteration's winner: its PPL, the unit, its activations after it when they were kept
+    (else the adoption reruns it), and, for a racing iteration, the race's record."""
+
+    ppl: float
+    unit: Unit
+    after: After | None
+    race: RaceRecord | None = None
+
+
+def _exact_pick(
+    cache: ActivationCache,
+    remaining: list[Unit],
+    state: SearchState,
+    config: SearchConfig,
+    on_progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> Pick | None:
+    best = _exact_iteration(cache, remaining, state, config, on_progress, should_stop)
+    return None if best is None else Pick(*best)
+
+
+def _racing_pick(
+    cache: ActivationCache,
+    remaining: list[Unit],
+    state: SearchState,
+    config: SearchConfig,
+    on_progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> Pick | None:
+    """Race the units (core.racing); with `config.verify`, also run the iteration exactly from
+    the same removed blocks and record the exact pick beside the race's."""
+    stage_ends = config.stages(sum(len(chunk) for chunk in cache.chunks))
+    raced = race_iteration(
+        cache,
+        remaining,
+        stage_ends,
+        config.race_margin,
+        state.iteration + 1,
+        config.num_blocks,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    )
+    if raced is None:
+        return None
+    ppl, unit, race = raced
+    if not config.verify:
+        return Pick(ppl, unit, None, race)
+    best = _exact_iteration(cache, remaining, state, config, on_progress, should_stop)
+    if best is None:
+        return None
+    after = best[2] if best[1] == unit else None  # the same pick: its activations need no rerun
+    return Pick(ppl, unit, after, verified(race, best[:2]))
 
 
 def _exact_iteration(

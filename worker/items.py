@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from contract import ErrorCode, ItemStatus, JobSpec, JobStatus, Phase, SearchState, UserError
+from contract import ErrorCode, ItemStatus, JobSpec, JobStatus, SearchState, UserError
 from contract.racing import stage_chunks
 from core.pipeline import PreparedJob
 from core.search import CandidateScorer
@@ -30,7 +30,7 @@ from service.logs import bind_log_context
 from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
 from worker import metrics
-from worker.job_inputs import evaluate, prepare
+from worker.job_inputs import prepare
 from worker.leases import FencedLease, Heartbeat, LeaseLost
 from worker.outages import DependencyUnavailable, outlasts_database_outages, through_outages
 from worker.scratch import job_scratch
@@ -283,32 +283,25 @@ def _export(
     prepared: PreparedJob,
     settings: Settings,
 ) -> None:
-    from core.pipeline import export_job
-    from service.storage import s3_client
-    from worker.uploads import upload_export
+    """The export item: the job recipe's finish (evaluate, export, upload), then success."""
+    from core.pipeline import finish_job
+    from worker.recipe import worker_hooks
 
+    hooks = worker_hooks(
+        lease,
+        job_id,
+        tenant_id,
+        spec,
+        settings,
+        phase=lease.set_phase,
+        should_stop=heartbeat.lost.is_set,
+    )
     work = job_scratch(settings, job_id)
     try:
-        report = evaluate(
-            prepared,
-            spec,
-            state,
-            tenant_id,
-            settings,
-            lease.set_phase,
-            lease.note_retry,
-            heartbeat.lost.is_set,
-        )
-        lease.set_phase(Phase.EXPORTING)
-        out = export_job(prepared, spec, state, work / "export", report)
-        lease.set_phase(Phase.UPLOADING)
-        files = through_outages(
-            lambda: upload_export(s3_client(settings), settings, out, job_id),
-            settings,
-            on_retry=lease.note_retry,
-            should_stop=heartbeat.lost.is_set,
-        )
-        lease.succeed(files, report)
+        result = finish_job(prepared, spec, state, work / "export", hooks)
+        if result.cancelled:
+            raise Stop
+        lease.succeed(result.published, result.evaluation)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from contract import JobSpec, Phase, SearchState
-from core.pipeline import PreparedJob, evaluate_job, prepare_job
+from contract import JobSpec, Phase
+from core.pipeline import PreparedJob, prepare_job
 from service.db import transaction
 from service.fit import check_bounds
 from service.inputs import resolve_evaluation_data, resolve_input
 from service.settings import Settings
 from service.storage import s3_client
 from worker.downloads import fetch_calibration, fetch_model
-from worker.outages import through_outages
 from worker.scratch import evict
 
 
@@ -72,28 +71,3 @@ def fetch_evaluation_data(spec: JobSpec, tenant_id: str, settings: Settings) -> 
         paths[source] = where
     evict(inputs, int(settings.download_cache_gb * 2**30))
     return paths
-
-
-def evaluate(
-    prepared: PreparedJob,
-    spec: JobSpec,
-    state: SearchState,
-    tenant_id: str,
-    settings: Settings,
-    on_phase: Callable[[Phase], None],
-    on_retry: Callable[..., None],
-    should_stop: Callable[[], bool],
-) -> dict | None:
-    """The job's evaluation report (None when it asks for none), in the phase `evaluating`: its
-    texts fetched through S3 outages like any input, then core.pipeline.evaluate_job on the
-    loaded model."""
-    if not spec.evaluates:
-        return None
-    on_phase(Phase.EVALUATING)
-    paths = through_outages(
-        lambda: fetch_evaluation_data(spec, tenant_id, settings),
-        settings,
-        on_retry=on_retry,
-        should_stop=should_stop,
-    )
-    return evaluate_job(prepared, spec, state, paths=paths)

@@ -17,17 +17,16 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract import ErrorCode, Phase, Progress, SearchState, UserError
-from core.methods import run_method
-from core.pipeline import PreparedJob, export_job
+from contract.methods import METHOD_TRAITS
+from core.pipeline import PreparedJob, run_job
 from service import fanout, outbox
 from service.settings import Settings, get_settings
-from service.storage import s3_client
 from worker import items, metrics
-from worker.job_inputs import evaluate, prepare
+from worker.job_inputs import prepare
 from worker.leases import Heartbeat, Lease, LeaseLost
 from worker.outages import DependencyUnavailable, through_outages
+from worker.recipe import worker_hooks
 from worker.scratch import job_scratch
-from worker.uploads import upload_export
 
 log = logging.getLogger(__name__)
 
@@ -125,53 +124,27 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
         on_retry=lease.note_retry,
         should_stop=reporter.should_stop,
     )
-    if lease.parallelism > 1 and spec.method == "blockpruner":  # the one method that fans out
+    if lease.parallelism > 1 and METHOD_TRAITS[spec.method].fans_out:
         _fan_out(lease, prepared)
         return "fanned_out"
-    reporter.phase(Phase.SEARCHING)
-    state = run_method(
-        prepared.bm,
-        prepared.input_ids,
-        prepared.search_config(spec),
-        lease.state or SearchState.new(spec),
-        on_iteration=reporter.iteration,
-        on_progress=reporter.progress,
-        should_stop=reporter.should_stop,
-    )
-    if heartbeat.lost.is_set():
-        raise LeaseLost(lease.job_id)
-    lease.renew()  # a cancel that came during the search wins
-    if not state.done or lease.cancel_requested:
-        lease.cancel()
-        return "cancelled"
-    report = evaluate(
-        prepared,
-        spec,
-        state,
+    hooks = worker_hooks(
+        lease,
+        lease.job_id,
         lease.tenant_id,
+        spec,
         settings,
-        reporter.phase,
-        lease.note_retry,
-        reporter.should_stop,
+        phase=reporter.phase,
+        should_stop=reporter.should_stop,
+        checkpoint=reporter.iteration,
+        progress=reporter.progress,
     )
-    if heartbeat.lost.is_set():
-        raise LeaseLost(lease.job_id)
-    reporter.phase(Phase.EXPORTING)
-    out = export_job(prepared, spec, state, work / "export", report)
-    lease.renew()  # a cancel that came during the export wins too
-    if lease.cancel_requested:
+    result = run_job(prepared, spec, lease.state or SearchState.new(spec), work / "export", hooks)
+    if result.cancelled:  # stopped by a cancel, or by a lease lost (then cancel() says so)
         lease.cancel()
         return "cancelled"
-    reporter.phase(Phase.UPLOADING)
-    files = through_outages(
-        lambda: upload_export(s3_client(settings), settings, out, lease.job_id),
-        settings,
-        on_retry=lease.note_retry,
-        should_stop=reporter.should_stop,
-    )
-    done = state.iteration  # a finished job's progress is whole, whatever its target
+    done = result.state.iteration  # a finished job's progress is whole, whatever its target
     progress = Progress(iteration=done, total_iterations=done)
-    lease.succeed(files, report, state=state, progress=progress)
+    lease.succeed(result.published, result.evaluation, state=result.state, progress=progress)
     return "succeeded"
 
 

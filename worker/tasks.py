@@ -79,7 +79,9 @@ def _forked_child(**_) -> None:
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_) -> None:
+def _start_background_threads(**_) -> None:
+    """The main process's own threads: the outbox relay, the reaper (unless the settings say
+    it runs elsewhere) and the metrics exporter."""
     global _reaper, _relay, _exporter
     settings = get_settings()
     _relay = Relay(settings)  # the pool's commits leave messages in the outbox: send them
@@ -95,7 +97,7 @@ def _start_reaper(**_) -> None:
 
 
 @signals.worker_shutdown.connect
-def _stop_reaper(**_) -> None:
+def _stop_background_threads(**_) -> None:
     for thread in (_reaper, _relay, _exporter):
         if thread is not None:
             thread.stop()

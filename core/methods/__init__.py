@@ -1,48 +1,38 @@
 """Pruning methods behind one small interface, so that baselines run through the same pipeline,
 checkpoints, export and evaluation as BlockPruner.
 
-A method is a module with a `run` function of the `PruningMethod` shape: the model as blocks, the
-calibration tokens, the search settings and a saved state to resume from; it returns the state
-with the removed blocks in order, each with the calibration PPL after it. Layer methods remove a
-layer as its two blocks (both entries carry the PPL after the layer), so the export, the model
-card and `pruning.json` need nothing method-specific.
+A method is an object with `traits` (what it can do: contract.methods, shared with the API) and
+`units`: what one step of the engine's loop (core/search.py's `run_search`) may remove, in
+tie-break order, and whether they are a fixed ranking removed in that order or candidates the
+greedy search scores. The loop, its checkpoints and its exact or racing iterations are the
+engine's; layer methods remove a layer as its two blocks (both entries carry the PPL after the
+layer), so the export, the model card and `pruning.json` need nothing method-specific.
 
-To add a method: copy `sleb.py` (a greedy search over some units) or `shortgpt.py` (a one-shot
-ranking), give it a name in `contract.spec.Method`, and register it below.
+To add a method: a module here with its object (`sleb.py` is a greedy search over other units,
+`shortgpt.py` a one-shot ranking), one line in METHODS below, and one in
+contract.methods.METHOD_TRAITS (with its name in contract.spec.Method).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from contract import Progress, SearchState
+from contract import SearchState
+from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
 from core.methods import blockpruner, shortgpt, sleb
-from core.search import SearchConfig
-
-
-class PruningMethod(Protocol):
-    def __call__(
-        self,
-        bm: BlockModel,
-        input_ids: torch.Tensor,
-        config: SearchConfig,
-        state: SearchState | None = None,
-        *,
-        on_iteration: Callable[[SearchState], None] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> SearchState: ...
-
+from core.methods.base import PruningMethod, Units
+from core.search import SearchConfig, run_search
 
 METHODS: dict[str, PruningMethod] = {
-    "blockpruner": blockpruner.run,
-    "shortgpt": shortgpt.run,
-    "sleb": sleb.run,
+    "blockpruner": blockpruner.METHOD,
+    "shortgpt": shortgpt.METHOD,
+    "sleb": sleb.METHOD,
 }
+assert set(METHODS) == set(METHOD_TRAITS), "every method has its traits in contract.methods"
+__all__ = ["METHODS", "PruningMethod", "Units", "run_method"]
 
 
 def run_method(
@@ -53,5 +43,14 @@ def run_method(
     **callbacks: Any,
 ) -> SearchState:
     """Run `config.method` (a new search if `state` is None, else resumed from it);
-    `callbacks`: on_iteration, on_progress, should_stop, as `PruningMethod` names them."""
-    return METHODS[config.method](bm, input_ids, config, state, **callbacks)
+    `callbacks`: on_iteration, on_progress, should_stop, as `run_search` names them."""
+    chosen = METHODS[config.method].units(bm, input_ids, config, state)
+    return run_search(
+        bm,
+        input_ids,
+        config,
+        state,
+        units=lambda _: list(chosen.units),
+        ranked=chosen.ranked,
+        **callbacks,
+    )

@@ -11,14 +11,14 @@ after each one is measured with its activation cache, like any other method's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
-from contract import Progress, SearchState, UserError
+from contract import SearchState, UserError
+from contract.methods import METHOD_TRAITS
 from core.blocks import Block, BlockModel
-from core.search import SearchConfig, run_search
+from core.methods.base import Units
+from core.search import SearchConfig
 
 
 @torch.inference_mode()
@@ -43,31 +43,24 @@ def removal_order(influence: list[float]) -> list[int]:
     return sorted(range(len(influence)), key=lambda i: (influence[i], i))
 
 
-def run(
-    bm: BlockModel,
-    input_ids: torch.Tensor,
-    config: SearchConfig,
-    state: SearchState | None = None,
-    *,
-    on_iteration: Callable[[SearchState], None] | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> SearchState:
-    """The layers in Block Influence order, removed one per step by the engine's loop (which
-    measures each step's PPL with its cache and stops at the target)."""
-    config.validate(bm)
-    order = removal_order(block_influence(bm, input_ids, config.batch_size))
-    done_layers = [r.layer for r in (state.removed if state is not None else [])[::2]]
-    if done_layers != order[: len(done_layers)]:  # the same spec always gives the same order
-        raise UserError("resume", "the saved state is not a prefix of this model's BI order")
-    return run_search(
-        bm,
-        input_ids,
-        config,
-        state,
-        on_iteration=on_iteration,
-        on_progress=on_progress,
-        should_stop=should_stop,
-        units=lambda bm: [(Block("mha", i), Block("mlp", i)) for i in order],
-        ranked=True,
-    )
+class ShortGPT:
+    traits = METHOD_TRAITS["shortgpt"]
+
+    def units(
+        self,
+        bm: BlockModel,
+        input_ids: torch.Tensor,
+        config: SearchConfig,
+        state: SearchState | None,
+    ) -> Units:
+        """The layers in Block Influence order, a ranking the engine's loop removes one per step
+        (measuring each step's PPL with its cache, and stopping at the target)."""
+        config.validate(bm)
+        order = removal_order(block_influence(bm, input_ids, config.batch_size))
+        done_layers = [r.layer for r in (state.removed if state is not None else [])[::2]]
+        if done_layers != order[: len(done_layers)]:  # the same spec always gives the same order
+            raise UserError("resume", "the saved state is not a prefix of this model's BI order")
+        return Units([(Block("mha", i), Block("mlp", i)) for i in order], ranked=True)
+
+
+METHOD = ShortGPT()

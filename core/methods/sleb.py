@@ -9,10 +9,14 @@ layer from the cached input of its attention block, with PPLs identical to full 
 
 from __future__ import annotations
 
-import functools
+import torch
 
+from contract import SearchState
+from contract.methods import METHOD_TRAITS
 from core.blocks import Block, BlockModel
-from core.search import Unit, run_search
+from core.methods.base import Units
+from core.racing import Unit
+from core.search import SearchConfig
 
 
 def layer_units(bm: BlockModel) -> list[Unit]:
@@ -20,4 +24,17 @@ def layer_units(bm: BlockModel) -> list[Unit]:
     return [(Block("mha", i), Block("mlp", i)) for i in range(bm.num_layers)]
 
 
-run = functools.partial(run_search, units=layer_units)
+class Sleb:
+    traits = METHOD_TRAITS["sleb"]
+
+    def units(
+        self,
+        bm: BlockModel,
+        input_ids: torch.Tensor,
+        config: SearchConfig,
+        state: SearchState | None,
+    ) -> Units:
+        return Units(layer_units(bm))
+
+
+METHOD = Sleb()
