@@ -198,6 +198,11 @@ def score_candidates(
     return CandidateScorer(bm, input_ids, batch_size).score(removed, candidates)
 
 
+def block_units(bm: BlockModel, block_types: str) -> list[Unit]:
+    """Each block of `block_types` as a unit of its own, in the paper's order (BlockPruner's)."""
+    return [(b,) for b in bm.candidates(block_types)]
+
+
 def run_search(
     bm: BlockModel,
     input_ids: torch.Tensor,
@@ -207,19 +212,16 @@ def run_search(
     on_iteration: StateCallback | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    units: Callable[[BlockModel], Sequence[Unit]] | None = None,
+    units: Sequence[Unit] | None = None,
     ranked: bool = False,
 ) -> SearchState:
     """Greedy BlockPruner search from `state` (a new search if None; it is not modified).
     Returns the final state; its `done` is False if `should_stop` stopped it. `units`: what one
-    step may remove, in tie-break order, for a model (default: each block of
-    `config.block_types`, in the paper's order; SLEB gives whole layers). `ranked`: the units are
-    a ranking (ShortGPT's), removed in that order: each step scores only the next one."""
+    step may remove, in tie-break order (default: `block_units`; SLEB gives whole layers).
+    `ranked`: the units are a ranking (ShortGPT's), removed in that order: each step scores only
+    the next one."""
     config.validate(bm, len(input_ids))
-    if units is None:
-        candidates: list[Unit] = [(b,) for b in bm.candidates(config.block_types)]
-    else:
-        candidates = list(units(bm))
+    candidates = list(units) if units is not None else block_units(bm, config.block_types)
     state = copy.deepcopy(state) if state is not None else SearchState()
     removed = [Block(r.block, r.layer) for r in state.removed]
     total_params = bm.total_params()

@@ -50,7 +50,7 @@ def run_method(
         input_ids,
         config,
         state,
-        units=lambda _: list(chosen.units),
+        units=chosen.units,
         ranked=chosen.ranked,
         **callbacks,
     )

@@ -12,7 +12,7 @@ from contract import SearchState
 from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
 from core.methods.base import Units
-from core.search import SearchConfig
+from core.search import SearchConfig, block_units
 
 
 class BlockPruner:
@@ -25,7 +25,7 @@ class BlockPruner:
         config: SearchConfig,
         state: SearchState | None,
     ) -> Units:
-        return Units([(b,) for b in bm.candidates(config.block_types)])
+        return Units(block_units(bm, config.block_types))
 
 
 METHOD = BlockPruner()
