@@ -159,7 +159,7 @@ class JobView(JobSpec):
         if job.progress is not None:
             progress = Progress.model_validate(job.progress)
         else:
-            progress = Progress(iteration=state.iteration, total_iterations=spec.num_blocks)
+            progress = Progress(iteration=state.blocks_removed, total_iterations=spec.num_blocks)
         fields: dict[str, Any] = spec.model_dump()
         if fields["evaluation"] is not None:
             fields["evaluation"]["report"] = job.evaluation

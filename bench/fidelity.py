@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from contract import SearchState
-from core.blocks import Block, BlockModel
+from contract import Block, SearchState
+from core.blocks import BlockModel
 from core.calibration import load_calibration, read_tokens
 from core.evaluation.perplexity import heldout_ppl
 from core.export.inmemory import pruned_view
@@ -46,7 +46,7 @@ METHODS = ("blockpruner", "shortgpt", "sleb")
 def prefix_within(bm: BlockModel, state: SearchState, method: str, cut: float) -> list[Block]:
     """The removals of `state` that a search with param_ratio=cut keeps: whole steps (a layer
     for a layer method) while the removed parameters stay within the cut."""
-    blocks = [Block(r.block, r.layer) for r in state.removed]
+    blocks = state.removed_blocks
     size = 2 if method in ("shortgpt", "sleb") else 1
     total, kept, removed = bm.total_params(), [], 0
     for s in range(0, len(blocks), size):
@@ -107,13 +107,13 @@ def search_rows(args, loaded, bm: BlockModel, calib, test, cuts: list[float]):
 
         def progress(state: SearchState, method: str = method, t0: float = t0) -> None:
             last, took = state.removed[-1], time.time() - t0
-            print(f"  {method}: {state.iteration} blocks, removed {last.block}.{last.layer}, "
+            print(f"  {method}: {state.blocks_removed} blocks, removed {last}, "
                   f"calibration ppl {last.ppl:.3f} ({took:.0f} s)", flush=True)  # fmt: skip
 
         config = SearchConfig(method=method, param_ratio=max(cuts), batch_size=args.batch_size)
         state = run_method(bm, calib, config, on_iteration=progress)
         search_s = time.time() - t0
-        ppl_after = {(b.block, b.layer): b.ppl for b in state.removed}
+        ppl_after = {b.ref: b.ppl for b in state.removed}
         for cut in cuts:
             blocks = prefix_within(bm, state, method, cut)
             with pruned_view(loaded.model, blocks) as pruned:

@@ -137,10 +137,10 @@ def main() -> None:
     for n, (e, r, te, tr, race) in enumerate(
         zip(exact.removed, raced.removed, exact_times, race_times, raced.races, strict=True), 1
     ):
-        same = (e.block, e.layer) == (r.block, r.layer)
+        same = (e.kind, e.layer) == (r.kind, r.layer)
         sizes = " -> ".join(str(s.raced) for s in race.stages)
         print(
-            f"{n:>3} {e.block}.{e.layer:<3} {e.ppl:>10.4f} {te:>6.1f}  {r.block}.{r.layer:<3} "
+            f"{n:>3} {e.kind}.{e.layer:<3} {e.ppl:>10.4f} {te:>6.1f}  {r.kind}.{r.layer:<3} "
             f"{r.ppl:>10.4f} {tr:>6.1f}  {sizes:<16} {'yes' if same else 'NO'}"
         )
         rows.append(

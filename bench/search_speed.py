@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from contract import Progress, SearchState
-from core.blocks import Block, BlockModel
+from contract import Block, Progress, SearchState
+from core.blocks import BlockModel
 from core.calibration import load_calibration
 from core.models import load_model
 from core.naive import full_pass_ppl
@@ -61,7 +61,7 @@ def main() -> None:
         nonlocal mark, engine_time, plain_time, plain_iter_time
         engine_time += time.perf_counter() - mark
         assert p.last_block is not None
-        block = Block(p.last_block.block, p.last_block.layer)
+        block = p.last_block
         t0 = time.perf_counter()
         plain_scores.append(
             (full_pass_ppl(bm, ids, plain_removed + [block], args.batch_size), block)
@@ -83,7 +83,7 @@ def main() -> None:
         rows.append(
             (
                 len(rows) + 1,
-                f"{e.block}.{e.layer}",
+                str(e),
                 e.ppl,
                 t_engine,
                 str(block),

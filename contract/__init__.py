@@ -6,9 +6,10 @@ so the API, the worker, the engine and the CLI can all depend on it.
 
 __version__ = "0.1.0"  # the product's version (the engine, the API and exports report it)
 
+from contract.blocks import Block, Unit
 from contract.errors import ErrorCode, UserError
 from contract.spec import BLOCK_KINDS, BLOCK_TYPES, DTYPES, EMBEDDED_DEFAULTS, JobSpec
-from contract.state import BlockRef, Progress, RemovedBlock, SearchState
+from contract.state import Progress, RemovedBlock, SearchState
 from contract.status import (
     LEASED_STATUSES,
     TERMINAL_STATUSES,
@@ -27,7 +28,7 @@ __all__ = [
     "EMBEDDED_DEFAULTS",
     "LEASED_STATUSES",
     "TERMINAL_STATUSES",
-    "BlockRef",
+    "Block",
     "ErrorCode",
     "IllegalTransition",
     "ItemStatus",
@@ -37,6 +38,7 @@ __all__ = [
     "Progress",
     "RemovedBlock",
     "SearchState",
+    "Unit",
     "UserError",
     "check_transition",
 ]

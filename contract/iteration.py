@@ -2,9 +2,6 @@
 is taken, and when the search ends. The engine (core/search.py, core/racing.py) and the write
 that closes a fanned-out iteration (service/fanout.py) both call these, so a search over many
 workers ends exactly where one worker's does, with the same picks.
-
-A block's position in the model (attention of layer i at 2i, its MLP at 2i + 1) lives here too:
-the engine runs blocks in that order, and the fan-out balances shares by it.
 """
 
 from __future__ import annotations
@@ -12,11 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from contract.state import SearchState
-
-
-def block_position(block: str, layer: int) -> int:
-    """Where a block runs in the forward pass: attention of layer i at 2i, its MLP at 2i + 1."""
-    return 2 * layer + (block == "mlp")
 
 
 def beats(ppl: float, best: float | None) -> bool:

@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, Field, computed_field
 
+from contract.blocks import Block
 from contract.errors import ErrorCode, UserError
 from contract.spec import JobSpec
 
 
-class BlockRef(BaseModel):
-    """One block of the model: the attention (mha) or MLP block of a decoder layer."""
+class RemovedBlock(Block):
+    """A removed block, with the calibration PPL of the model once it was removed."""
 
-    model_config = ConfigDict(frozen=True)
-    block: Literal["mha", "mlp"]
-    layer: int = Field(ge=0)
-
-
-class RemovedBlock(BlockRef):
     ppl: float = Field(description="calibration PPL after removing this block")
+
+    @classmethod
+    def of(cls, block: Block, ppl: float) -> RemovedBlock:
+        return cls(kind=block.kind, layer=block.layer, ppl=ppl)
+
+    @property
+    def ref(self) -> Block:
+        """The block itself, without its PPL (a RemovedBlock never equals a Block)."""
+        return Block(kind=self.kind, layer=self.layer)
 
 
 class RaceStage(BaseModel):
@@ -34,7 +38,7 @@ class RaceStage(BaseModel):
 
     sequences: int = Field(description="calibration sequences scored after this stage")
     raced: int = Field(description="candidates scored in this stage")
-    kept: list[BlockRef] = Field(
+    kept: list[Block] = Field(
         description="the blocks of the candidates that went on (after the last stage: the winner)"
     )
 
@@ -55,7 +59,7 @@ class RaceRecord(BaseModel):
         """Whether the exact search picked the same block (None: not verified)."""
         if self.exact is None:
             return None
-        return (self.winner.block, self.winner.layer) == (self.exact.block, self.exact.layer)
+        return self.winner.ref == self.exact.ref
 
 
 @dataclass
@@ -74,9 +78,14 @@ class SearchState:
         return cls(spec=spec.result_fields(), config_hash=spec.config_hash())
 
     @property
-    def iteration(self) -> int:
-        """Completed iterations: one block is removed per iteration."""
+    def blocks_removed(self) -> int:
+        """How many blocks are removed (an iteration removes one, or a whole layer's two)."""
         return len(self.removed)
+
+    @property
+    def removed_blocks(self) -> list[Block]:
+        """The removed blocks, in the order they went, without their PPLs."""
+        return [r.ref for r in self.removed]
 
     def check_resumable(self, spec: JobSpec) -> None:
         """Refuse, naming the fields, a state made with settings other than `spec`'s."""
@@ -100,7 +109,7 @@ class SearchState:
             "spec": self.spec,
             "base_ppl": self.base_ppl,
             "removed": [r.model_dump() for r in self.removed],
-            "iteration": self.iteration,
+            "blocks_removed": self.blocks_removed,
             "total_iterations": self.total_iterations,
             "done": self.done,
             "final_ppl": self.final_ppl,
@@ -125,8 +134,9 @@ class SearchState:
             )
         except (TypeError, ValueError) as e:
             raise UserError("state", f"not a search state: {e}") from None
-        if "iteration" in data and data["iteration"] != state.iteration:
-            raise UserError("state", "iteration does not match the removed blocks")
+        count = data.get("blocks_removed", data.get("iteration"))  # "iteration": older states
+        if count is not None and count != state.blocks_removed:
+            raise UserError("state", "blocks_removed does not match the removed blocks")
         return state
 
 
@@ -141,13 +151,17 @@ def _number(value: Any) -> float | None:
 class Progress(BaseModel):
     """Where a search is: the engine reports it per candidate, the API shows it."""
 
-    iteration: int = Field(0, description="completed search iterations")
-    total_iterations: int | None = Field(None, description="None for a param_ratio target")
+    # The API's names: `iteration` counts removed blocks (a whole-layer method's step removes
+    # two), and `total_iterations` is the num_blocks target, so the fraction is by blocks.
+    iteration: int = Field(0, description="blocks removed so far (one per exact iteration)")
+    total_iterations: int | None = Field(
+        None, description="blocks to remove (num_blocks); None for a param_ratio target"
+    )
     scored: int = Field(0, description="candidates scored in the running iteration")
     total_candidates: int = Field(0, description="candidates of the running iteration")
     best_ppl: float | None = Field(None, description="lowest PPL of the running iteration so far")
-    best_block: BlockRef | None = Field(None, description="the block that gave best_ppl")
-    last_block: BlockRef | None = Field(None, description="the candidate scored last")
+    best_block: Block | None = Field(None, description="the block that gave best_ppl")
+    last_block: Block | None = Field(None, description="the candidate scored last")
     stage: int | None = Field(
         None, description="racing: the running stage (1-based); scored counts within it"
     )

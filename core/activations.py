@@ -15,14 +15,12 @@ from collections.abc import Sequence
 
 import torch
 
-from contract import UserError
+from contract import Block, Unit, UserError
 from contract.memory import CacheLayout, cache_layout
-from core.blocks import Block, BlockModel
+from core.blocks import BlockModel
 
 # The activations after a candidate, per kept position: to adopt if the candidate wins.
 After = dict[int, list[torch.Tensor]]
-# A candidate: one block (BlockPruner), or several removed together (a whole layer: SLEB).
-Candidate = Block | tuple[Block, ...]
 
 
 def ppl_from_nlls(nlls: torch.Tensor) -> float:
@@ -92,45 +90,45 @@ class ActivationCache:
             nlls.append(self.bm.sequence_nll(h, ids))
         return ppl_from_nlls(torch.cat(nlls))
 
-    def _positions(self, candidate: Candidate) -> set[int]:
-        blocks = (candidate,) if isinstance(candidate, Block) else candidate
-        return {self.bm.position(b) for b in blocks}
+    def _positions(self, unit: Unit) -> set[int]:
+        return {self.bm.position(b) for b in unit}
 
-    def after_bytes(self, block: Candidate) -> tuple[int, int]:
-        """(device, host) bytes of the activations `score(block, keep=True)` returns."""
-        pos = min(self._positions(block))
+    def after_bytes(self, unit: Unit) -> tuple[int, int]:
+        """(device, host) bytes of the activations `score(unit, keep=True)` returns."""
+        pos = min(self._positions(unit))
         later = [p for p in self.layout.kept if p > pos]
         device = sum(p in self.layout.on_device for p in later) * self.layout.position_bytes
         return device, len(later) * self.layout.position_bytes - device
 
-    def can_hold(self, block: Candidate, also: tuple[int, int] = (0, 0)) -> bool:
-        """Whether the activations after `block` fit beside the cache and `also` (held)."""
+    def can_hold(self, unit: Unit, also: tuple[int, int] = (0, 0)) -> bool:
+        """Whether the activations after `unit` fit beside the cache and `also` (held)."""
         if self.budget is None:
             return True
         device, host = self.layout.bytes()
-        more = self.after_bytes(block)
+        more = self.after_bytes(unit)
         return (
             device + also[0] + more[0] <= self.budget
             and host + also[1] + more[1] <= self.host_budget
         )
 
-    def score(self, block: Candidate, keep: bool = True) -> tuple[float, After | None]:
-        """PPL with `block` (or every block of a tuple) also removed; with `keep`, the
-        activations after it too."""
-        nlls, after = self.sequence_nlls(block, keep=keep)
+    def score(self, unit: Unit, keep: bool = True) -> tuple[float, After | None]:
+        """PPL with every block of `unit` also removed; with `keep`, the activations after it
+        too."""
+        nlls, after = self.sequence_nlls(unit, keep=keep)
         return ppl_from_nlls(nlls), after
 
     @torch.inference_mode()
     def sequence_nlls(
-        self, block: Candidate, chunks: range | None = None, keep: bool = False
+        self, unit: Unit, chunks: range | None = None, keep: bool = False
     ) -> tuple[torch.Tensor, After | None]:
-        """Each sequence's mean NLL with `block` also removed, over the sequence chunks
+        """Each sequence's mean NLL with `unit` also removed, over the sequence chunks
         `chunks` (default: all). Chunk by chunk, the same tensors as `score`'s, so the NLLs of
         several ranges, concatenated in order, are bit-identical to one call over all of them
         (racing scores a first slice, then the rest). `keep` needs every chunk."""
-        positions = self._positions(block)
+        positions = self._positions(unit)
         if positions & self.skip:
-            raise UserError("candidates", f"block {block} is already removed")
+            names = ", ".join(str(b) for b in unit)
+            raise UserError("candidates", f"block {names} is already removed")
         chunks = range(len(self.chunks)) if chunks is None else chunks
         if keep and chunks != range(len(self.chunks)):
             raise ValueError("keeping the activations after a candidate needs every chunk")
@@ -145,10 +143,10 @@ class ActivationCache:
         return torch.cat(nlls), after
 
     @torch.inference_mode()
-    def rerun(self, block: Candidate) -> After:
-        """The activations after `block` again (its scoring pass did not keep them), up to the
+    def rerun(self, unit: Unit) -> After:
+        """The activations after `unit` again (its scoring pass did not keep them), up to the
         last kept position only: the logits are not needed."""
-        positions = self._positions(block)
+        positions = self._positions(unit)
         pos = min(positions)
         after: After = {p: [] for p in self.layout.kept if p > pos}
         if not after:
@@ -159,7 +157,7 @@ class ActivationCache:
             self._run(h, start, stop, self.skip | positions, after)
         return after
 
-    def adopt(self, block: Candidate, after: After) -> None:
-        """Make the cache that of the model with `block` also removed, from its pass."""
+    def adopt(self, unit: Unit, after: After) -> None:
+        """Make the cache that of the model with `unit` also removed, from its pass."""
         self.acts.update(after)
-        self.skip |= self._positions(block)
+        self.skip |= self._positions(unit)

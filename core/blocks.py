@@ -14,35 +14,17 @@ what lets the search restart a candidate from cached activations instead of from
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from contract import BLOCK_KINDS, BLOCK_TYPES, ErrorCode, UserError
-from contract.iteration import block_position
+from contract.blocks import Block
 from contract.memory import LOGITS_CHUNK_BYTES
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-
-
-class Block(NamedTuple):
-    kind: str  # "mha" | "mlp"
-    layer: int
-
-    def to_json(self) -> dict:
-        return {"block": self.kind, "layer": self.layer}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Block:
-        kind, layer = d.get("block"), d.get("layer")
-        if kind not in BLOCK_KINDS or not isinstance(layer, int) or layer < 0:
-            raise UserError("block", f"expected {{'block': 'mha'|'mlp', 'layer': int}}, got {d!r}")
-        return cls(kind, layer)
-
-    def __str__(self) -> str:
-        return f"{self.kind}.{self.layer}"
 
 
 def check_architecture(model: nn.Module) -> None:
@@ -87,17 +69,14 @@ class BlockModel:
     def position(self, block: Block) -> int:
         if not 0 <= block.layer < self.num_layers:
             raise UserError("block", f"layer {block.layer} out of range 0..{self.num_layers - 1}")
-        return block_position(block.kind, block.layer)
-
-    def block_at(self, position: int) -> Block:
-        return Block(BLOCK_KINDS[position % 2], position // 2)
+        return block.position
 
     def candidates(self, block_types: str = "mix") -> list[Block]:
         """The paper's candidate order: every MHA block by layer, then every MLP block by layer."""
         if block_types not in BLOCK_TYPES:
             raise UserError("block_types", f"must be mix, mha or mlp, got {block_types!r}")
         kinds = BLOCK_KINDS if block_types == "mix" else (block_types,)
-        return [Block(k, i) for k in kinds for i in range(self.num_layers)]
+        return [Block(kind=k, layer=i) for k in kinds for i in range(self.num_layers)]
 
     def block_modules(self, block: Block) -> tuple[Any, Any]:
         layer = self.layers[block.layer]
@@ -162,7 +141,7 @@ class BlockModel:
         return self._rope[key]
 
     def run_block(self, position: int, h: torch.Tensor) -> torch.Tensor:
-        block = self.block_at(position)
+        block = Block.at(position)
         norm, branch = self.block_modules(block)
         h = h.to(self._devices[position])  # a no-op unless the model spans devices
         if block.kind == "mlp":

@@ -158,7 +158,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     state = None
     if args.resume and state_file.exists():
         state = _read_state(state_file)
-        print(f"resuming after {state.iteration} removed blocks from {state_file}")
+        print(f"resuming after {state.blocks_removed} removed blocks from {state_file}")
     elif args.resume:
         print(f"no saved state at {state_file}; starting a new search")
     if output.exists() and any(output.iterdir()) and not args.overwrite:
@@ -231,7 +231,7 @@ def race_rows(search: dict) -> list[tuple[str, ...]]:
         elif race.agrees:
             check = "same"
         else:
-            check = f"{exact.block}.{exact.layer} ppl {exact.ppl:.3f} (ours {ours:.3f})"
+            check = f"{exact} ppl {exact.ppl:.3f} (ours {ours:.3f})"
         rows.append((str(race.iteration), f"{raced} -> 1", f"{race.work:.0%}", check))
     return rows
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from contract import Block
 from core.activations import ppl_from_nlls
-from core.blocks import Block, BlockModel
+from core.blocks import BlockModel
 
 
 def full_pass_ppl(
@@ -40,5 +41,5 @@ def plain_greedy_search(
         ]
         ppl, block = min(scores, key=lambda s: s[0])  # min keeps the first of equal PPLs
         removed.append(block)
-        steps.append({**block.to_json(), "ppl": ppl})
+        steps.append({**block.model_dump(), "ppl": ppl})
     return steps

@@ -175,14 +175,13 @@ def evaluate_job(
     computes what the export computes, without a second copy of the weights."""
     from contextlib import nullcontext
 
-    from core.blocks import Block
     from core.evaluation.run import Variant, evaluate
     from core.export.inmemory import pruned_view
 
     if spec.evaluation is None or not spec.evaluates:
         return None
     model = prepared.loaded.model
-    removed = [Block(r.block, r.layer) for r in state.removed]
+    removed = state.removed_blocks
     variants: dict[str, Variant] = {
         "before": lambda: nullcontext(model),
         "after": lambda: pruned_view(model, removed),

@@ -40,7 +40,7 @@ class SearchBar:
 
     def removed(self, block: RemovedBlock) -> None:
         self.written += 1
-        self.bar.write(f"removed {block.block}.{block.layer}: ppl {block.ppl:.3f}")
+        self.bar.write(f"removed {block}: ppl {block.ppl:.3f}")
 
     def write(self, text: str) -> None:
         self.bar.write(text)
@@ -93,5 +93,5 @@ class SearchBar:
         stage = f", stage {p.stage}/{p.stages}" if p.stage is not None else ""
         self.bar.set_description(f"iteration {p.iteration + 1}/{p.total_iterations or '?'}{stage}")
         if p.best_block is not None:
-            best = f"{p.best_block.block}.{p.best_block.layer}"
+            best = str(p.best_block)
             self.bar.set_postfix_str(f"best ppl {p.best_ppl:.3f} ({best})")

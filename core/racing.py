@@ -25,14 +25,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from contract import BlockRef, Progress, RemovedBlock
+from contract import Progress, RemovedBlock, Unit
 from contract.iteration import winner
 from contract.racing import race_work, stage_chunks, survivors
 from contract.state import RaceRecord, RaceStage
 from core.activations import ActivationCache, ppl_from_nlls
-from core.blocks import Block
-
-Unit = tuple[Block, ...]
 
 
 def race_iteration(
@@ -66,7 +63,7 @@ def race_iteration(
                         total_iterations=total_iterations,
                         scored=n + 1,
                         total_candidates=len(racing),
-                        last_block=_refs([unit])[0],
+                        last_block=unit[0],
                         stage=k + 1,
                         stages=len(stage_ends),
                     )
@@ -78,13 +75,14 @@ def race_iteration(
             ppls = [ppl_from_nlls(row) for row in seen]
             best = winner(ppls)
             racing, winner_ppl = [racing[best]], ppls[best]
-        stages.append(RaceStage(sequences=end, raced=len(seen), kept=_refs(racing)))
-    removed = RemovedBlock(block=racing[0][0].kind, layer=racing[0][0].layer, ppl=winner_ppl)
+        stages.append(
+            RaceStage(sequences=end, raced=len(seen), kept=[b for unit in racing for b in unit])
+        )
     record = RaceRecord(
         iteration=iteration,
         stages=stages,
         work=race_work([s.raced for s in stages], stage_ends),
-        winner=removed,
+        winner=RemovedBlock.of(racing[0][0], winner_ppl),
     )
     return winner_ppl, racing[0], record
 
@@ -92,9 +90,7 @@ def race_iteration(
 def verified(record: RaceRecord, exact: tuple[float, Unit]) -> RaceRecord:
     """The record with the exact search's pick from the same removed blocks."""
     ppl, unit = exact
-    return record.model_copy(
-        update={"exact": RemovedBlock(block=unit[0].kind, layer=unit[0].layer, ppl=ppl)}
-    )
+    return record.model_copy(update={"exact": RemovedBlock.of(unit[0], ppl)})
 
 
 def search_record(
@@ -128,7 +124,3 @@ def search_record(
             if r.exact is not None and not r.agrees
         ]
     return record
-
-
-def _refs(units: Sequence[Unit]) -> list[BlockRef]:
-    return [BlockRef(block=b.kind, layer=b.layer) for u in units for b in u]

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from contract import BlockRef, JobSpec, Progress, RemovedBlock, SearchState, UserError
+from contract import Block, JobSpec, Progress, RemovedBlock, SearchState, Unit, UserError
 from contract.iteration import beats, finish, target_reached, within_ratio
 from contract.racing import DEFAULT_RACE_MARGIN, race_chunk, race_stages
 from contract.spec import layer_method_problem, search_problem
 from contract.state import RaceRecord
 from core.activations import ActivationCache, After, ppl_from_nlls
-from core.blocks import Block, BlockModel
-from core.racing import Unit, race_iteration, verified
+from core.blocks import BlockModel
+from core.racing import race_iteration, verified
 
 ProgressCallback = Callable[[Progress], None]
 StateCallback = Callable[[SearchState], None]
@@ -181,7 +181,7 @@ class CandidateScorer:
         for block in candidates:
             if should_stop is not None and should_stop():
                 break
-            out[block] = cache.sequence_nlls(block, chunks)[0]
+            out[block] = cache.sequence_nlls((block,), chunks)[0]
             if on_nlls is not None:
                 on_nlls(block, out[block])
         return out
@@ -223,7 +223,7 @@ def run_search(
     config.validate(bm, len(input_ids))
     candidates = list(units) if units is not None else block_units(bm, config.block_types)
     state = copy.deepcopy(state) if state is not None else SearchState()
-    removed = [Block(r.block, r.layer) for r in state.removed]
+    removed = state.removed_blocks
     total_params = bm.total_params()
     removed_params = sum(bm.block_params(b) for b in removed)
     state.total_iterations = config.num_blocks
@@ -239,7 +239,7 @@ def run_search(
     if state.base_ppl is None:
         state.base_ppl = removed_ppl
 
-    while not target_reached(state.iteration, config.num_blocks):
+    while not target_reached(state.blocks_removed, config.num_blocks):
         remaining = [u for u in candidates if not set(u) & set(removed)]
         if ranked:
             remaining = remaining[:1]
@@ -257,9 +257,7 @@ def run_search(
         del after
         removed.extend(picked.unit)
         removed_params += unit_params
-        state.removed.extend(
-            RemovedBlock(block=b.kind, layer=b.layer, ppl=picked.ppl) for b in picked.unit
-        )
+        state.removed.extend(RemovedBlock.of(b, picked.ppl) for b in picked.unit)
         if picked.race is not None:
             state.races.append(picked.race)
         if on_iteration is not None:
@@ -307,7 +305,7 @@ def _racing_pick(
         remaining,
         stage_ends,
         config.race_margin,
-        state.iteration + 1,
+        state.blocks_removed + 1,
         config.num_blocks,
         on_progress=on_progress,
         should_stop=should_stop,
@@ -349,17 +347,13 @@ def _exact_iteration(
         if on_progress is not None:
             on_progress(
                 Progress(
-                    iteration=state.iteration,
+                    iteration=state.blocks_removed,
                     total_iterations=config.num_blocks,
                     scored=n + 1,
                     total_candidates=len(remaining),
                     best_ppl=best[0],
-                    best_block=_ref(best[1][0]),
-                    last_block=_ref(unit[0]),
+                    best_block=best[1][0],
+                    last_block=unit[0],
                 )
             )
     return best
-
-
-def _ref(block: Block) -> BlockRef:
-    return BlockRef(block=block.kind, layer=block.layer)

@@ -26,8 +26,9 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from contract import BlockRef, ItemStatus, JobSpec, JobStatus, Progress, RemovedBlock, SearchState
-from contract.iteration import block_position, finish, target_reached, winner, within_ratio
+from contract import Block, ItemStatus, JobSpec, JobStatus, Progress, RemovedBlock, SearchState
+from contract.fanout_plan import FanoutPlan
+from contract.iteration import finish, target_reached, winner, within_ratio
 from contract.racing import race_work, survivors
 from contract.state import RaceRecord, RaceStage
 from service import transitions
@@ -36,43 +37,39 @@ from service.tables import CandidateScore, Job, WorkItem
 
 
 def make_plan(
-    candidates: list[tuple[str, int]],
+    candidates: list[Block],
     block_params: list[int],
     total_params: int,
     layers: int,
     race: tuple[list[int], float] | None = None,
-) -> dict[str, Any]:
+) -> FanoutPlan:
     """The plan stored on the job: every candidate in paper order, with its parameters; for a
     racing search, where its stages end (in sequences) and its margin."""
-    plan: dict[str, Any] = {
-        "candidates": [list(c) for c in candidates],
-        "block_params": block_params,
-        "total_params": total_params,
-        "num_layers": layers,
-    }
-    if race is not None:
-        plan["stages"], plan["margin"] = race
-    return plan
+    stages, margin = race if race is not None else (None, None)
+    return FanoutPlan(
+        candidates=candidates,
+        block_params=block_params,
+        total_params=total_params,
+        num_layers=layers,
+        stages=stages,
+        margin=margin,
+    )
 
 
-def stage_count(plan: dict) -> int:
-    """Stages per iteration: 1 for an exact search."""
-    return len(plan.get("stages", [None]))
+def plan_of(job: Job) -> FanoutPlan:
+    """The plan stored on a fanned-out job."""
+    if job.plan is None:
+        raise ValueError(f"job {job.id} has no fan-out plan")
+    return FanoutPlan.model_validate(job.plan)
 
 
-def remaining(plan: dict, state: SearchState) -> list[int]:
-    """Indexes (paper order) of the candidates not removed yet."""
-    removed = {(r.block, r.layer) for r in state.removed}
-    return [i for i, c in enumerate(plan["candidates"]) if tuple(c) not in removed]
-
-
-def split_shares(plan: dict, indexes: list[int], shares: int) -> list[list[int]]:
+def split_shares(plan: FanoutPlan, indexes: list[int], shares: int) -> list[list[int]]:
     """Balance the candidates over `shares` by cost: a candidate at block position p runs the
     2L - p blocks after it. Largest first onto the lightest share; each share in paper order."""
-    positions = 2 * plan["num_layers"]
+    positions = 2 * plan.num_layers
 
     def cost(i: int) -> int:
-        return positions - block_position(*plan["candidates"][i])
+        return positions - plan.candidates[i].position
 
     heap: list[tuple[int, int, list[int]]] = [(0, n, []) for n in range(min(shares, len(indexes)))]
     for i in sorted(indexes, key=lambda i: (-cost(i), i)):
@@ -87,8 +84,8 @@ def add_iteration_items(
 ) -> list[WorkItem]:
     """The shares of the iteration after `state`, at `stage` over the candidates `indexes`
     (default: all remaining); none if they exist already."""
-    assert job.plan is not None
-    iteration = state.iteration + 1
+    plan = plan_of(job)
+    iteration = state.blocks_removed + 1  # a fanned-out method removes one block an iteration
     exists = session.scalar(
         select(func.count()).where(
             WorkItem.job_id == job.id, WorkItem.iteration == iteration, WorkItem.stage == stage
@@ -96,7 +93,7 @@ def add_iteration_items(
     )
     if exists:
         return []
-    indexes = remaining(job.plan, state) if indexes is None else indexes
+    indexes = plan.remaining(state) if indexes is None else indexes
     items = [
         WorkItem(
             job_id=job.id,
@@ -104,18 +101,18 @@ def add_iteration_items(
             iteration=iteration,
             stage=stage,
             share=n,
-            candidates=[job.plan["candidates"][i] for i in share],
+            candidates=[plan.candidates[i].model_dump() for i in share],
             status=ItemStatus.QUEUED.value,
             enqueued_at=func.now(),
         )
-        for n, share in enumerate(split_shares(job.plan, indexes, job.parallelism))
+        for n, share in enumerate(split_shares(plan, indexes, job.parallelism))
     ]
     session.add_all(items)
     session.flush()
     return items
 
 
-def scored(session: Session, job_id: str, iteration: int, stage: int = 1) -> set[tuple[str, int]]:
+def scored(session: Session, job_id: str, iteration: int, stage: int = 1) -> set[Block]:
     rows = session.execute(
         select(CandidateScore.block, CandidateScore.layer).where(
             CandidateScore.job_id == job_id,
@@ -123,12 +120,12 @@ def scored(session: Session, job_id: str, iteration: int, stage: int = 1) -> set
             CandidateScore.stage == stage,
         )
     )
-    return {(r.block, r.layer) for r in rows}
+    return {Block(kind=r.block, layer=r.layer) for r in rows}
 
 
 def earlier_nlls(
     session: Session, job_id: str, iteration: int, stage: int
-) -> dict[tuple[str, int], list[float]]:
+) -> dict[Block, list[float]]:
     """Each candidate's per-sequence NLLs from the stages before `stage`, in sequence order."""
     rows = session.execute(
         select(CandidateScore.block, CandidateScore.layer, CandidateScore.nlls)
@@ -139,9 +136,9 @@ def earlier_nlls(
         )
         .order_by(CandidateScore.stage)
     )
-    out: dict[tuple[str, int], list[float]] = {}
+    out: dict[Block, list[float]] = {}
     for r in rows:
-        out.setdefault((r.block, r.layer), []).extend(r.nlls or [])
+        out.setdefault(Block(kind=r.block, layer=r.layer), []).extend(r.nlls or [])
     return out
 
 
@@ -149,7 +146,7 @@ def record_score(
     session: Session,
     job: Job,
     item: WorkItem,
-    block: tuple[str, int],
+    block: Block,
     ppl: float,
     removed_ppl: float,
     worker: str,
@@ -158,18 +155,16 @@ def record_score(
     """Commit one candidate's PPL (the caller holds the job row's lock); racing, with its NLLs
     on the stage's slice. Returns the items the caller enqueues once this transaction commits:
     the next stage's or iteration's shares, or the export, when this score completed a stage."""
-    plan = job.plan
-    assert plan is not None
-    position = plan["candidates"].index(list(block))
+    plan = plan_of(job)
     session.execute(
         insert(CandidateScore)
         .values(
             job_id=job.id,
             iteration=item.iteration,
             stage=item.stage,
-            block=block[0],
-            layer=block[1],
-            position=position,
+            block=block.kind,
+            layer=block.layer,
+            position=plan.index(block),  # its place in the paper's order (ties: the lowest)
             ppl=ppl,
             nlls=nlls,
             worker=worker,
@@ -205,99 +200,99 @@ def record_score(
             )
         )
     )
-    stages, last = stage_count(plan), item.stage == stage_count(plan)
+    stages, last = plan.stage_count, item.stage == plan.stage_count
     best = rows[winner([r.ppl for r in rows])]  # the engine's rule, in the paper's order
     job.progress = Progress(
-        iteration=state.iteration,
+        iteration=state.blocks_removed,
         total_iterations=JobSpec.model_validate(job.spec).num_blocks,
         scored=len(rows),
         total_candidates=total,
         best_ppl=best.ppl if last else None,  # before the last stage, not a full-set PPL
-        best_block={"block": best.block, "layer": best.layer} if last else None,
+        best_block=Block(kind=best.block, layer=best.layer) if last else None,
         stage=item.stage if stages > 1 else None,
         stages=stages if stages > 1 else None,
     ).model_dump(mode="json")
-    if len(rows) < total or state.iteration != item.iteration - 1:
+    if len(rows) < total or state.blocks_removed != item.iteration - 1:
         return []  # not complete yet, or closed already
     if not last:
-        return _next_stage(session, job, state, item.iteration, item.stage)
-    return _close(session, job, state, best)
+        return _next_stage(session, job, plan, state, item.iteration, item.stage)
+    return _close(session, job, plan, state, best)
 
 
 def _next_stage(
-    session: Session, job: Job, state: SearchState, iteration: int, stage: int
+    session: Session, job: Job, plan: FanoutPlan, state: SearchState, iteration: int, stage: int
 ) -> list[WorkItem]:
     """A racing stage is complete: who races on is decided on every sequence seen so far."""
-    plan = job.plan
-    assert plan is not None
+    assert plan.stages is not None and plan.margin is not None
     seen = earlier_nlls(session, job.id, iteration, stage + 1)
     racing = scored(session, job.id, iteration, stage)  # not those dropped before this stage
-    order = sorted(racing, key=lambda c: plan["candidates"].index(list(c)))  # the engine's order
-    kept = survivors([seen[c] for c in order], plan["stages"][-1], plan["margin"])
-    indexes = [plan["candidates"].index(list(order[i])) for i in kept]
+    order = sorted(racing, key=plan.index)  # the engine's order
+    kept = survivors([seen[c] for c in order], plan.stages[-1], plan.margin)
+    indexes = [plan.index(order[i]) for i in kept]
     return add_iteration_items(session, job, state, stage + 1, indexes)
 
 
-def _race_record(session: Session, job: Job, iteration: int, best: Any) -> RaceRecord:
+def _race_record(
+    session: Session, job: Job, plan: FanoutPlan, iteration: int, best: Any
+) -> RaceRecord:
     """The closed iteration's race, as the engine records it (contract.state.RaceRecord)."""
-    plan = job.plan
-    assert plan is not None
+    assert plan.stages is not None
     rows = session.execute(
         select(CandidateScore.stage, CandidateScore.block, CandidateScore.layer)
         .where(CandidateScore.job_id == job.id, CandidateScore.iteration == iteration)
         .order_by(CandidateScore.stage, CandidateScore.position)
     ).all()
-    ends = plan["stages"]
+    ends = plan.stages
     by_stage = [[r for r in rows if r.stage == k] for k in range(1, len(ends) + 1)]
     stages = []
     for k, raced in enumerate(by_stage):
         went_on = by_stage[k + 1] if k + 1 < len(by_stage) else [best]
-        kept = [BlockRef(block=r.block, layer=r.layer) for r in went_on]
+        kept = [Block(kind=r.block, layer=r.layer) for r in went_on]
         stages.append(RaceStage(sequences=ends[k], raced=len(raced), kept=kept))
     return RaceRecord(
         iteration=iteration,
         stages=stages,
         work=race_work([len(raced) for raced in by_stage], ends),
-        winner=RemovedBlock(block=best.block, layer=best.layer, ppl=best.ppl),
+        winner=RemovedBlock(kind=best.block, layer=best.layer, ppl=best.ppl),
     )
 
 
-def _close(session: Session, job: Job, state: SearchState, best: Any) -> list[WorkItem]:
+def _close(
+    session: Session, job: Job, plan: FanoutPlan, state: SearchState, best: Any
+) -> list[WorkItem]:
     """The iteration is complete: adopt its winner (the engine's rule, `best`), checkpoint,
     and create what comes next."""
     spec = JobSpec.model_validate(job.spec)
-    plan = job.plan
-    assert plan is not None
-    removed_params = sum(
-        plan["block_params"][plan["candidates"].index([r.block, r.layer])] for r in state.removed
-    )
     over_ratio = not within_ratio(
-        removed_params, plan["block_params"][best.position], plan["total_params"], spec.param_ratio
+        plan.removed_params(state),
+        plan.block_params[best.position],
+        plan.total_params,
+        spec.param_ratio,
     )
     if not over_ratio:
-        state.removed.append(RemovedBlock(block=best.block, layer=best.layer, ppl=best.ppl))
-        if "stages" in plan:
-            state.races.append(_race_record(session, job, state.iteration, best))
+        state.removed.append(RemovedBlock(kind=best.block, layer=best.layer, ppl=best.ppl))
+        if plan.racing:
+            state.races.append(_race_record(session, job, plan, state.blocks_removed, best))
         add_event(
             session,
             job.id,
             "iteration",
-            iteration=state.iteration,
+            iteration=state.blocks_removed,
             **state.removed[-1].model_dump(),
         )
     state.total_iterations = spec.num_blocks
-    left = len(plan["candidates"]) - state.iteration
-    if over_ratio or left == 0 or target_reached(state.iteration, spec.num_blocks):
+    left = len(plan.candidates) - state.blocks_removed
+    if over_ratio or left == 0 or target_reached(state.blocks_removed, spec.num_blocks):
         finish(state)
     job.state = state.to_json()
-    job.progress = Progress(iteration=state.iteration, total_iterations=spec.num_blocks).model_dump(
-        mode="json"
-    )
+    job.progress = Progress(
+        iteration=state.blocks_removed, total_iterations=spec.num_blocks
+    ).model_dump(mode="json")
     if state.done:
         export = WorkItem(
             job_id=job.id,
             kind="export",
-            iteration=state.iteration,
+            iteration=state.blocks_removed,
             share=0,
             candidates=[],
             status=ItemStatus.QUEUED.value,

@@ -82,7 +82,7 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     # Shares per search iteration (service.fanout); 1 runs the whole search on one worker.
     parallelism: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    # A fanned-out job's plan: every candidate in paper order and the parameter counts.
+    # A fanned-out job's plan (contract.fanout_plan.FanoutPlan as JSON).
     plan: Mapped[dict[str, Any] | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
@@ -180,7 +180,7 @@ class WorkItem(Base):
     # 1 for an exact search; a racing one's stage k scores its survivors on the k-th slice
     stage: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     share: Mapped[int] = mapped_column(Integer)
-    candidates: Mapped[list[Any]]  # [[block, layer], ...] in paper order
+    candidates: Mapped[list[Any]]  # contract.Block JSON, in paper order (older: [block, layer])
     status: Mapped[str] = mapped_column(String(12))  # queued, running, done, cancelled
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_token: Mapped[str | None] = mapped_column(String(36))

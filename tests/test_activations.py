@@ -80,7 +80,7 @@ def test_smaller_budgets_do_more_work_and_hold_only_what_fits(monkeypatch):
         reruns.clear()
         cache = ActivationCache(bm, ids, None, budget)
         cache.build([])
-        keep = cache.can_hold(bm.candidates()[0])
+        keep = cache.can_hold((bm.candidates()[0],))
         run_search(bm, ids, SearchConfig(num_blocks=3, cache_budget=budget))
         work[name] = _work(bm, ids, budget)
         # the winner's activations are recomputed only when they could not be held (a winner
@@ -94,7 +94,7 @@ def _work(bm: BlockModel, ids, budget: int | None) -> int:
     cache = ActivationCache(bm, ids, None, budget)
     cache.build([])
     for block in bm.candidates():
-        cache.score(block, keep=False)
+        cache.score((block,), keep=False)
     return cache.work
 
 

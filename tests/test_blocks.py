@@ -3,9 +3,10 @@
 import pytest
 import torch
 from conftest import tiny_ids, tiny_model
+from pydantic import ValidationError
 
-from contract import UserError
-from core.blocks import Block, BlockModel
+from contract import Block, RemovedBlock, UserError
+from core.blocks import BlockModel
 
 
 def test_nothing_removed_equals_hf_forward(arch):
@@ -47,8 +48,18 @@ def test_unsupported_architecture_names_the_supported_ones():
 
 
 def test_block_json_round_trip_and_errors():
-    assert Block.from_json(Block("mlp", 3).to_json()) == Block("mlp", 3)
+    block = Block("mlp", 3)
+    assert block.model_dump() == {"block": "mlp", "layer": 3}  # the JSON of every layer
+    assert Block.parse(block.model_dump()) == block == Block(kind="mlp", layer=3)
+    assert Block.parse(["mlp", 3]) == block  # the pair that older work items stored
+    assert len({block, Block("mlp", 3), Block("mha", 3)}) == 2  # hashable by value
+    removed = RemovedBlock.of(block, 2.5)
+    assert removed != block and removed.ref == block and str(removed) == "mlp.3"
+    with pytest.raises(ValidationError):
+        block.layer = 4  # type: ignore[misc]  # frozen: safe as a dict key
+    with pytest.raises(UserError, match="removed\\[2\\].*'ffn'"):
+        Block.parse({"block": "ffn", "layer": 1}, field="removed[2]")
     with pytest.raises(UserError, match="block"):
-        Block.from_json({"block": "ffn", "layer": 1})
+        Block.parse({"block": "mha", "layer": -1})
     with pytest.raises(UserError, match="out of range"):
         BlockModel(tiny_model("llama", layers=2)).position(Block("mha", 5))

@@ -10,9 +10,9 @@ import torch
 from conftest import random_text, tiny_model, word_tokenizer
 
 from blockprune.cli import main
-from contract import EMBEDDED_DEFAULTS, JobSpec, SearchState
+from contract import EMBEDDED_DEFAULTS, Block, JobSpec, SearchState
 from contract.evaluation import EvaluationSpec
-from core.blocks import Block, BlockModel
+from core.blocks import BlockModel
 from core.calibration import load_calibration
 from core.cli import add_engine_commands
 from core.naive import plain_greedy_search

@@ -179,10 +179,12 @@ def test_finish_takes_the_last_removals_ppl_or_the_base_one():
 
 
 def test_block_positions_and_race_work():
-    from contract.iteration import block_position
+    from contract import Block
     from contract.racing import race_work
 
-    assert [block_position(b, i) for i in (0, 1) for b in ("mha", "mlp")] == [0, 1, 2, 3]
+    blocks = [Block(b, i) for i in (0, 1) for b in ("mha", "mlp")]
+    assert [b.position for b in blocks] == [0, 1, 2, 3]
+    assert [Block.at(p) for p in range(4)] == blocks
     # 60 candidates on 4 sequences, 7 on the next 4, 3 on the last 8: of 60 x 16 passes
     assert race_work([60, 7, 3], [4, 8, 16]) == (60 * 4 + 7 * 4 + 3 * 8) / (60 * 16)
     assert race_work([5], [16]) == 1.0  # one stage: the exact search's work

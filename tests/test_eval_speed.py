@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from core.blocks import Block, BlockModel
+from contract import Block
+from core.blocks import BlockModel
 from core.evaluation.speed import SpeedResult, greedy_decode, measure_speed
 from core.export.inmemory import pruned_view
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from conftest import random_text, tiny_ids, tiny_model, word_tokenizer
 
 from blockprune.cli import main
-from contract import JobSpec, UserError
+from contract import Block, JobSpec, UserError
 from contract.evaluation import EvaluationSpec
-from core.blocks import Block, BlockModel
+from core.blocks import BlockModel
 from core.evaluation.perplexity import heldout_ppl, window_starts
 from core.evaluation.run import evaluate
 from core.export import export_pruned, load_pruned
@@ -87,7 +87,7 @@ def export(tmp_path_factory):
         "after": lambda: pruned_view(model, REMOVED),
     }
     report = evaluate(variants, tokenizer, spec)
-    removed = [{**b.to_json(), "ppl": 1.0} for b in REMOVED]
+    removed = [{**b.model_dump(), "ppl": 1.0} for b in REMOVED]
     out = export_pruned(
         model,
         tokenizer,

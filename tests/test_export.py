@@ -12,8 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import core
-from contract import UserError
-from core.blocks import Block, BlockModel
+from contract import Block, UserError
+from core.blocks import BlockModel
 from core.export import export_pruned, load_pruned
 
 # Layer 1 loses both blocks (dropped); layer 0 keeps only its MLP, layer 3 only its attention.
@@ -80,7 +80,7 @@ def test_export_computes_the_pruned_model(arch, tmp_path):
     model = build_model(arch)
     out = export_pruned(model, None, REMOVED, tmp_path / f"{arch}-export", **RECORD)
     ids = tiny_ids()
-    expected = BlockModel(model).forward_logits(ids, [Block.from_json(r) for r in REMOVED])
+    expected = BlockModel(model).forward_logits(ids, [Block.parse(r) for r in REMOVED])
     with torch.no_grad():
         zeroed = zeroed_copy(model, REMOVED)(ids).logits
         original = model(ids).logits
@@ -139,7 +139,7 @@ def test_generate_matches_the_zeroed_original(arch, tmp_path):
     and 1 must not shift positions or masks."""
     model = build_model(arch)
     out = export_pruned(model, None, REMOVED, tmp_path / f"{arch}-gen", **RECORD)
-    blocks = [Block.from_json(r) for r in REMOVED]
+    blocks = [Block.parse(r) for r in REMOVED]
     # Unpadded: greedy decoding equals full recomputation by BlockModel.
     prompt = tiny_ids()[:2, :5]
     greedy = prompt
@@ -229,7 +229,7 @@ def test_sharded_export_loads(tmp_path):
     assert set(index["weight_map"].values()) == {s.name for s in shards}
     assert set(index["weight_map"]) == stored_names(out)
     ids = tiny_ids()
-    expected = BlockModel(model).forward_logits(ids, [Block.from_json(r) for r in REMOVED])
+    expected = BlockModel(model).forward_logits(ids, [Block.parse(r) for r in REMOVED])
     for name, loaded in load_both(out).items():
         with torch.no_grad():
             assert torch.allclose(loaded(ids).logits, expected, atol=1e-5, rtol=0), name
@@ -241,7 +241,7 @@ def test_tied_embeddings_round_trip(tmp_path):
     out = export_pruned(model, None, REMOVED, tmp_path / "tied", **RECORD)
     assert "lm_head.weight" not in stored_names(out)
     ids = tiny_ids()
-    expected = BlockModel(model).forward_logits(ids, [Block.from_json(r) for r in REMOVED])
+    expected = BlockModel(model).forward_logits(ids, [Block.parse(r) for r in REMOVED])
     for name, loaded in load_both(out).items():
         assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
         with torch.no_grad():

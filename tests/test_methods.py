@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_ids, tiny_model
 
-from contract import JobSpec, SearchState, UserError
-from core.blocks import Block, BlockModel
+from contract import Block, JobSpec, SearchState, UserError
+from core.blocks import BlockModel
 from core.methods import METHODS, run_method, shortgpt
 from core.naive import full_pass_ppl
 from core.search import SearchConfig
@@ -38,7 +38,7 @@ def brute_force_layer_greedy(bm, ids, layers: int, batch_size=None) -> list[tupl
 def layers_of(state: SearchState) -> list[tuple[int, float]]:
     pairs = list(zip(state.removed[::2], state.removed[1::2], strict=True))
     for mha, mlp in pairs:  # a layer is recorded as its two blocks with one PPL
-        assert (mha.block, mlp.block, mha.layer, mha.ppl) == ("mha", "mlp", mlp.layer, mlp.ppl)
+        assert (mha.kind, mlp.kind, mha.layer, mha.ppl) == ("mha", "mlp", mlp.layer, mlp.ppl)
     return [(mha.layer, mha.ppl) for mha, _ in pairs]
 
 
@@ -48,7 +48,7 @@ def test_sleb_equals_brute_force_layer_greedy(arch, budget):
     ids = tiny_ids(6, 16)
     config = SearchConfig(method="sleb", num_blocks=6, batch_size=4, cache_budget=budget)
     state = run_method(bm, ids, config)
-    assert state.done and state.iteration == 6
+    assert state.done and state.blocks_removed == 6
     assert layers_of(state) == brute_force_layer_greedy(bm, ids, 3, batch_size=4)
     assert len({ppl for _, ppl in layers_of(state)}) == 3
 

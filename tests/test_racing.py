@@ -8,17 +8,17 @@ import pytest
 import torch
 from conftest import tiny_ids, tiny_model
 
-from contract import JobSpec, SearchState, UserError
+from contract import Block, JobSpec, SearchState, UserError
 from contract.racing import race_stages, stage_chunks, survivors
 from core.activations import ActivationCache, ppl_from_nlls
-from core.blocks import Block, BlockModel
+from core.blocks import BlockModel
 from core.naive import full_pass_ppl
 from core.racing import race_iteration
 from core.search import SearchConfig, run_search
 
 
 def picks(state: SearchState) -> list[tuple[str, int, float]]:
-    return [(r.block, r.layer, r.ppl) for r in state.removed]
+    return [(r.kind, r.layer, r.ppl) for r in state.removed]
 
 
 # ---- the cut on made-up NLLs ----------------------------------------------------------------
@@ -84,12 +84,12 @@ def test_racing_records_exact_ppls_and_its_stages(arch):
     state = run_search(bm, ids, SearchConfig(num_blocks=3, search="racing"))
     removed: list[Block] = []
     for r in state.removed:
-        removed.append(Block(r.block, r.layer))
+        removed.append(Block(r.kind, r.layer))
         assert r.ppl == full_pass_ppl(bm, ids, removed, batch_size=4)  # full-set, bit for bit
     assert [r.iteration for r in state.races] == [1, 2, 3]
     for race, r in zip(state.races, state.removed, strict=True):
         assert [s.sequences for s in race.stages] == [4, 8, 16]
-        assert [(k.block, k.layer) for k in race.stages[-1].kept] == [(r.block, r.layer)]
+        assert [(k.kind, k.layer) for k in race.stages[-1].kept] == [(r.kind, r.layer)]
         raced = [s.raced for s in race.stages]
         assert raced == sorted(raced, reverse=True) and 0 < race.work <= 1
     assert SearchState.from_json(json.loads(json.dumps(state.to_json()))) == state
@@ -101,7 +101,7 @@ def _adversarial_order(bm: BlockModel, pool: torch.Tensor) -> tuple[torch.Tensor
     cache = ActivationCache(bm, pool, 1)
     cache.build([])
     blocks = bm.candidates()
-    nlls = torch.stack([cache.sequence_nlls(b)[0] for b in blocks])
+    nlls = torch.stack([cache.sequence_nlls((b,))[0] for b in blocks])
     order = sorted(range(len(blocks)), key=lambda i: nlls[i].mean().item())
     w, r = order[0], order[1]  # the best and the runner-up over the pool
     delta = nlls[w] - nlls[r]  # < 0 where W is better
@@ -117,7 +117,7 @@ def test_a_candidate_that_looks_bad_early_but_wins_late_is_kept():
     ids, winner, runner_up = _adversarial_order(bm, tiny_ids(48, 16, seed=5))
     cache = ActivationCache(bm, ids, 4)
     cache.build([])
-    first = {b: cache.sequence_nlls(b, range(1))[0] for b in bm.candidates()}
+    first = {b: cache.sequence_nlls((b,), range(1))[0] for b in bm.candidates()}
     leader = min(first, key=lambda b: first[b].mean().item())
     assert leader != winner and first[winner].mean() > first[leader].mean()  # behind at first
 
@@ -125,9 +125,9 @@ def test_a_candidate_that_looks_bad_early_but_wins_late_is_kept():
     raced = race_iteration(cache, units, [4, 8, 16], 3.0, 1)
     assert raced is not None
     ppl, unit, record = raced
-    exact = {b: ppl_from_nlls(cache.sequence_nlls(b)[0]) for b in bm.candidates()}
+    exact = {b: ppl_from_nlls(cache.sequence_nlls((b,))[0]) for b in bm.candidates()}
     assert unit == (winner,) and ppl == exact[winner] == min(exact.values())
-    assert any((k.block, k.layer) == tuple(winner) for k in record.stages[0].kept)
+    assert any((k.kind, k.layer) == (winner.kind, winner.layer) for k in record.stages[0].kept)
     assert record.work < 1 and len(record.stages[1].kept) < record.stages[1].raced  # a real cut
     # The fixed cut this replaces keeps only the leader: it would have lost the winner.
     assert race_iteration(cache, units, [4, 8, 16], 0.0, 1)[1] != (winner,)  # type: ignore[index]
@@ -139,7 +139,7 @@ def test_verify_reports_a_disagreement_with_both_ppls():
     config = SearchConfig(num_blocks=1, batch_size=4, search="racing", race_margin=0.0, verify=True)
     race = run_search(bm, ids, config).races[0]
     assert race.agrees is False
-    assert (race.exact.block, race.exact.layer) == tuple(winner)
+    assert (race.exact.kind, race.exact.layer) == (winner.kind, winner.layer)
     assert race.exact.ppl < run_search(bm, ids, config).removed[0].ppl
     agreed = run_search(
         bm, ids, SearchConfig(num_blocks=1, batch_size=4, search="racing", verify=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import tiny_ids, tiny_model
 
-from contract import JobSpec, Progress, SearchState, UserError
-from core.blocks import Block, BlockModel
+from contract import Block, JobSpec, Progress, SearchState, UserError
+from core.blocks import BlockModel
 from core.naive import full_pass_ppl, plain_greedy_search
 from core.search import SearchConfig, run_search, score_candidates
 
@@ -35,10 +35,10 @@ def test_search_equals_plain_greedy(arch, block_types):
     ids = tiny_ids(6, 16)
     n = 5 if block_types == "mix" else 3
     state = run_search(bm, ids, SearchConfig(num_blocks=n, block_types=block_types, batch_size=4))
-    assert state.done and state.iteration == n
+    assert state.done and state.blocks_removed == n
     assert removed(state) == plain_greedy_search(bm, ids, n, block_types, batch_size=4)
     assert state.base_ppl == full_pass_ppl(bm, ids, [], batch_size=4)
-    assert {r.block for r in state.removed} <= (
+    assert {r.kind for r in state.removed} <= (
         {"mha", "mlp"} if block_types == "mix" else {block_types}
     )
 
@@ -50,7 +50,7 @@ def test_resume_from_saved_state_equals_uninterrupted(llama):
     saved = []
     run_search(llama, ids, SearchConfig(num_blocks=2), on_iteration=saved.append)
     state = SearchState.from_json(json.loads(json.dumps(saved[-1].to_json())))  # a checkpoint
-    assert state.iteration == 2
+    assert state.blocks_removed == 2
     resumed = run_search(llama, ids, config, state)
     assert resumed.removed == full.removed
     assert resumed.base_ppl == full.base_ppl
@@ -74,15 +74,15 @@ def test_callbacks_report_every_candidate_and_iteration(llama):
     ]
     # last_block is the candidate just scored; best_block/best_ppl the best of the iteration so far
     first = progress[: per_iteration[0]]
-    assert [(p.last_block.block, p.last_block.layer) for p in first] == [
+    assert [(p.last_block.kind, p.last_block.layer) for p in first] == [
         (b.kind, b.layer) for b in llama.candidates()
     ]
     assert all(p.best_ppl == min(q.best_ppl for q in first[: k + 1]) for k, p in enumerate(first))
     winner = iterations[0].removed[0]
-    assert (first[-1].best_block.block, first[-1].best_block.layer) == (winner.block, winner.layer)
+    assert (first[-1].best_block.kind, first[-1].best_block.layer) == (winner.kind, winner.layer)
     assert first[-1].best_ppl == winner.ppl
     # each snapshot is a copy: later iterations did not change it
-    assert [s.iteration for s in iterations] == [1, 2, 3]
+    assert [s.blocks_removed for s in iterations] == [1, 2, 3]
     assert [len(s.removed) for s in iterations] == [1, 2, 3]
     assert iterations[0].removed == iterations[2].removed[:1] and not iterations[0].done
 
@@ -92,7 +92,7 @@ def test_should_stop_returns_unfinished_state(llama):
     state = run_search(
         llama, tiny_ids(3, 12), SearchConfig(num_blocks=4), should_stop=lambda: next(calls) >= 12
     )
-    assert not state.done and state.iteration == 1  # 10 candidates, then 2 of the next
+    assert not state.done and state.blocks_removed == 1  # 10 candidates, then 2 of the next
 
 
 def test_ties_go_to_the_first_candidate():
@@ -102,7 +102,7 @@ def test_ties_go_to_the_first_candidate():
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
     state = run_search(BlockModel(model), tiny_ids(3, 12), SearchConfig(num_blocks=4))
-    assert [(r.block, r.layer) for r in state.removed] == [
+    assert [(r.kind, r.layer) for r in state.removed] == [
         ("mha", 0),
         ("mha", 1),
         ("mha", 2),
@@ -115,12 +115,12 @@ def test_param_ratio_stops_at_last_step_not_above(llama):
     total = llama.total_params()
     ratio = 0.3
     state = run_search(llama, ids, SearchConfig(param_ratio=ratio))
-    blocks = [Block(r.block, r.layer) for r in state.removed]
+    blocks = [Block(r.kind, r.layer) for r in state.removed]
     removed_params = sum(llama.block_params(b) for b in blocks)
     assert state.done and removed_params / total <= ratio
     longer = run_search(llama, ids, SearchConfig(num_blocks=len(blocks) + 1))
     assert longer.removed[: len(blocks)] == state.removed
-    extra = Block(longer.removed[-1].block, longer.removed[-1].layer)
+    extra = Block(longer.removed[-1].kind, longer.removed[-1].layer)
     assert (removed_params + llama.block_params(extra)) / total > ratio
 
 
@@ -147,7 +147,7 @@ def test_a_finished_state_can_be_extended(llama):
     short = run_search(llama, ids, SearchConfig(num_blocks=2))
     stopped = run_search(llama, ids, SearchConfig(num_blocks=4), short, should_stop=lambda: True)
     assert not stopped.done  # not the finished flag of the state it started from
-    assert short.done and short.iteration == 2  # the state passed in is left as it was
+    assert short.done and short.blocks_removed == 2  # the state passed in is left as it was
     longer = run_search(llama, ids, SearchConfig(num_blocks=4), short)
     assert (
         longer.done and longer.removed == run_search(llama, ids, SearchConfig(num_blocks=4)).removed
@@ -158,7 +158,7 @@ def test_search_state_json_round_trip(llama):
     spec = JobSpec(model="m", calibration="c", num_blocks=2, seq_len=16)
     state = run_search(llama, tiny_ids(3, 12), SearchConfig.of(spec), SearchState.new(spec))
     data = json.loads(json.dumps(state.to_json()))
-    assert data["spec"] == spec.result_fields() and data["iteration"] == 2
+    assert data["spec"] == spec.result_fields() and data["blocks_removed"] == 2
     assert SearchState.from_json(data) == state
     state.check_resumable(spec.model_copy(update={"num_blocks": 5, "batch_size": 2}))
 
@@ -172,7 +172,7 @@ def test_an_old_state_without_spec_is_read_and_resumable():
         "iteration": 1,
     }
     state = SearchState.from_json(old)
-    assert state.spec is None and state.iteration == 1 and state.base_ppl == 3.5
+    assert state.spec is None and state.blocks_removed == 1 and state.base_ppl == 3.5
     assert [r.model_dump() for r in state.removed] == old["removed"]
     state.check_resumable(spec)
     with pytest.raises(UserError, match="config hash") as e:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from contract import ErrorCode, ItemStatus, JobSpec, JobStatus, SearchState, UserError
+from contract import Block, ErrorCode, ItemStatus, JobSpec, JobStatus, SearchState, UserError
 from contract.racing import stage_chunks
 from core.pipeline import PreparedJob
 from core.search import CandidateScorer
@@ -120,7 +120,7 @@ class ItemLease(FencedLease):
     @outlasts_database_outages
     def record(
         self,
-        block: tuple[str, int],
+        block: Block,
         ppl: float,
         removed_ppl: float,
         nlls: list[float] | None = None,
@@ -191,16 +191,15 @@ def execute_item(item_id: int) -> None:
 
 
 def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
-    from core.blocks import Block
-
     with transaction() as s:
         item = s.get(WorkItem, lease.item_id)
         job = s.get(Job, item.job_id) if item else None
         assert item is not None and job is not None
         spec, tenant_id, job_id = JobSpec.model_validate(job.spec), job.tenant_id, job.id
         state = SearchState.from_json(job.state)
-        kind, iteration, candidates = item.kind, item.iteration, [tuple(c) for c in item.candidates]
-        stage, stage_ends = item.stage, (job.plan or {}).get("stages")
+        kind, iteration, stage = item.kind, item.iteration, item.stage
+        candidates = [Block.model_validate(c) for c in item.candidates]
+        stage_ends = fanout.plan_of(job).stages if job.plan is not None else None
         done_already = fanout.scored(s, job_id, iteration, stage)
         earlier = fanout.earlier_nlls(s, job_id, iteration, stage) if stage_ends else {}
     bind_log_context(job_id=job_id)
@@ -217,15 +216,15 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
     if kind == "export":
         _export(lease, heartbeat, job_id, tenant_id, spec, state, prepared, settings)
         return
-    removed = [Block(r.block, r.layer) for r in state.removed]
-    todo = [Block(b, layer) for b, layer in candidates if (b, layer) not in done_already]
+    removed = state.removed_blocks
+    todo = [b for b in candidates if b not in done_already]
 
     candidate_time = metrics.Lap(metrics.CANDIDATE_SECONDS)
 
     def on_score(block: Block, ppl: float, nlls: list[float] | None = None) -> None:
         candidate_time.observe()
         assert scorer.removed_ppl is not None  # the scorer's full pass comes before any score
-        lease.record((block.kind, block.layer), ppl, scorer.removed_ppl, nlls)
+        lease.record(block, ppl, scorer.removed_ppl, nlls)
         _pause(settings, heartbeat)
         candidate_time.restart()
 
@@ -242,10 +241,10 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
 
 def _race_share(
     scorer: CandidateScorer,
-    removed: list,
-    todo: list,
+    removed: list[Block],
+    todo: list[Block],
     chunks: range,
-    earlier: dict[tuple[str, int], list[float]],
+    earlier: dict[Block, list[float]],
     on_score: Callable[..., None],
     should_stop: Callable[[], bool],
 ) -> None:
@@ -256,9 +255,9 @@ def _race_share(
 
     from core.activations import ppl_from_nlls
 
-    def on_nlls(block, nlls: torch.Tensor) -> None:
+    def on_nlls(block: Block, nlls: torch.Tensor) -> None:
         values = nlls.tolist()
-        seen = torch.tensor(earlier.get((block.kind, block.layer), []) + values, dtype=nlls.dtype)
+        seen = torch.tensor(earlier.get(block, []) + values, dtype=nlls.dtype)
         on_score(block, ppl_from_nlls(seen), values)
 
     scorer.sequence_nlls(removed, todo, chunks, on_nlls, should_stop)

@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import JobSpec, JobStatus, Phase, Progress, SearchState
+from contract.fanout_plan import FanoutPlan
 from service import fanout, outbox, transitions
 from service.backoff import worth_an_event
 from service.db import transaction
@@ -192,7 +193,7 @@ class Lease(FencedLease):
             job = self._locked(s)
             job.state, job.progress = state.to_json(), progress.model_dump(mode="json")
             last = state.removed[-1].model_dump() if state.removed else {}
-            add_event(s, self.job_id, "iteration", iteration=state.iteration, **last)
+            add_event(s, self.job_id, "iteration", iteration=state.blocks_removed, **last)
 
     @outlasts_database_outages
     def cancel(self) -> None:
@@ -202,12 +203,12 @@ class Lease(FencedLease):
             )
 
     @outlasts_database_outages
-    def start_fanout(self, plan: dict) -> None:
+    def start_fanout(self, plan: FanoutPlan) -> None:
         """Store the plan and the first iteration's shares, with their messages; the job's own
         lease ends here (it stays running: its work items are leased from now on)."""
         with transaction() as s:
             job = self._locked(s)
-            job.plan = plan
+            job.plan = plan.model_dump(mode="json")
             state = SearchState.from_json(job.state) if job.state else SearchState.new(self.spec)
             job.state = state.to_json()
             job.phase = Phase.SEARCHING.value

@@ -59,7 +59,7 @@ class Reporter:
 
     def iteration(self, state: SearchState) -> None:
         self.iteration_time.observe()
-        progress = Progress(iteration=state.iteration, total_iterations=state.total_iterations)
+        progress = Progress(iteration=state.blocks_removed, total_iterations=state.total_iterations)
         self.lease.checkpoint(state, progress)
         deadline = time.monotonic() + self.settings.debug_iteration_delay_s
         while time.monotonic() < deadline and not self.should_stop():
@@ -142,7 +142,7 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
     if result.cancelled:  # stopped by a cancel, or by a lease lost (then cancel() says so)
         lease.cancel()
         return "cancelled"
-    done = result.state.iteration  # a finished job's progress is whole, whatever its target
+    done = result.state.blocks_removed  # a finished job's progress is whole, whatever its target
     progress = Progress(iteration=done, total_iterations=done)
     lease.succeed(result.published, result.evaluation, state=result.state, progress=progress)
     return "succeeded"
@@ -158,7 +158,7 @@ def _fan_out(lease: Lease, prepared: PreparedJob) -> None:
         config = prepared.search_config(spec)
         race = (config.stages(len(prepared.input_ids)), config.race_margin)
     plan = fanout.make_plan(
-        [(b.kind, b.layer) for b in candidates],
+        candidates,
         [bm.block_params(b) for b in candidates],
         bm.total_params(),
         bm.num_layers,

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from core.blocks import Block, BlockModel
+from contract import Block
+from core.blocks import BlockModel
 from core.export.hf_modeling_template import apply_block_configs
 
 
@@ -17,8 +18,8 @@ def block_configs(num_layers: int, removed: Iterable[Block]) -> list[dict]:
     gone = set(removed)
     return [
         {
-            "attention": {"no_op": Block("mha", i) in gone},
-            "ffn": {"no_op": Block("mlp", i) in gone},
+            "attention": {"no_op": Block(kind="mha", layer=i) in gone},
+            "ffn": {"no_op": Block(kind="mlp", layer=i) in gone},
         }
         for i in range(num_layers)
     ]

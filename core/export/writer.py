@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 
 import core
 from contract import ErrorCode, UserError
-from core.blocks import Block, BlockModel
+from contract.blocks import Block, layer_blocks
+from core.blocks import BlockModel
 from core.export.hf_modeling_template import NoOpAttention, NoOpMLP
 from core.export.inmemory import block_configs as layer_block_configs
 from core.export.modeling_code import (
@@ -87,9 +88,7 @@ def export_pruned(
 
     removed_set = set(blocks)
     kept_layers = [
-        i
-        for i in range(block_model.num_layers)
-        if not {Block("mha", i), Block("mlp", i)} <= removed_set
+        i for i in range(block_model.num_layers) if not set(layer_blocks(i)) <= removed_set
     ]
     every_layer = layer_block_configs(block_model.num_layers, removed_set)
     block_configs = [every_layer[i] for i in kept_layers]
@@ -111,7 +110,7 @@ def export_pruned(
         "base_ppl": float(base_ppl),
         "final_ppl": float(removed[-1]["ppl"]) if removed else float(base_ppl),
         "removed": [
-            {**b.to_json(), "ppl": float(r["ppl"])} for b, r in zip(blocks, removed, strict=True)
+            {**b.model_dump(), "ppl": float(r["ppl"])} for b, r in zip(blocks, removed, strict=True)
         ],
         "params_before": params_before,
         "params_after": params_before - sum(block_model.block_params(b) for b in blocks),
@@ -161,7 +160,7 @@ def _parse_removed(block_model: BlockModel, removed: object) -> list[Block]:
         if not isinstance(entry, dict):
             raise UserError(field, f"expected {{'block', 'layer', 'ppl'}}, got {entry!r:.100}")
         try:
-            block = Block.from_json(entry)
+            block = Block.parse(entry)
             block_model.position(block)  # range check
         except UserError as err:
             raise UserError(field, err.message) from err

@@ -9,10 +9,9 @@ from typing import Protocol
 
 import torch
 
-from contract import SearchState
+from contract import SearchState, Unit
 from contract.methods import MethodTraits
 from core.blocks import BlockModel
-from core.racing import Unit
 from core.search import SearchConfig
 
 

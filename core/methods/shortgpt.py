@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from contract import SearchState, UserError
+from contract.blocks import layer_blocks
 from contract.methods import METHOD_TRAITS
-from core.blocks import Block, BlockModel
+from core.blocks import BlockModel
 from core.methods.base import Units
 from core.search import SearchConfig
 
@@ -60,7 +61,7 @@ class ShortGPT:
         done_layers = [r.layer for r in (state.removed if state is not None else [])[::2]]
         if done_layers != order[: len(done_layers)]:  # the same spec always gives the same order
             raise UserError("resume", "the saved state is not a prefix of this model's BI order")
-        return Units([(Block("mha", i), Block("mlp", i)) for i in order], ranked=True)
+        return Units([layer_blocks(i) for i in order], ranked=True)
 
 
 METHOD = ShortGPT()

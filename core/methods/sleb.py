@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from contract import SearchState
+from contract import SearchState, Unit
+from contract.blocks import layer_blocks
 from contract.methods import METHOD_TRAITS
-from core.blocks import Block, BlockModel
+from core.blocks import BlockModel
 from core.methods.base import Units
-from core.racing import Unit
 from core.search import SearchConfig
 
 
 def layer_units(bm: BlockModel) -> list[Unit]:
     """Every layer as its two blocks, by layer (ties go to the lower layer)."""
-    return [(Block("mha", i), Block("mlp", i)) for i in range(bm.num_layers)]
+    return [layer_blocks(i) for i in range(bm.num_layers)]
 
 
 class Sleb:

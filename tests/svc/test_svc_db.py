@@ -103,7 +103,7 @@ def test_lease_fences_a_worker_that_lost_it(new_job, sent):
     assert reap_once(get_settings()) == [job_id]
     assert sent.flush() == [job_id]
     job = _job(job_id)
-    assert job.status == "queued" and job.lease_token is None and job.state["iteration"] == 1
+    assert job.status == "queued" and job.lease_token is None and job.state["blocks_removed"] == 1
 
     new = Lease.claim(job_id, "worker-2", lease_s=60)
     assert new is not None and new.attempt == 2 and new.state == one
@@ -115,7 +115,7 @@ def test_lease_fences_a_worker_that_lost_it(new_job, sent):
     ):
         with pytest.raises(LeaseLost):
             stale_write()
-    assert _job(job_id).state["iteration"] == 1  # nothing of the old worker's got through
+    assert _job(job_id).state["blocks_removed"] == 1  # nothing of the old worker's got through
 
     # Out of attempts: the reaper fails the job instead of re-queueing it, and queues its webhook.
     _expire_lease(job_id)

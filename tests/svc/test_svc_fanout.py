@@ -9,6 +9,8 @@ import time
 import pytest
 from sqlalchemy import text
 
+from contract import Block
+
 from .helpers import events, job_body, wait_for, wait_until
 from .test_svc_jobs import engine_result
 
@@ -131,20 +133,20 @@ def test_two_shares_finishing_together_close_the_iteration_once(new_job, sent):
     from worker.items import ItemLease
 
     job_id = new_job(max_attempts=3)
-    blocks = [("mha", 0), ("mha", 1), ("mlp", 0), ("mlp", 1)]
+    blocks = [Block("mha", 0), Block("mha", 1), Block("mlp", 0), Block("mlp", 1)]
     with transaction() as s:
         job = s.get(Job, job_id, with_for_update=True)
         job.status, job.parallelism = "running", 2
         job.spec = {**job.spec, "num_blocks": 2}
-        job.plan = fanout.make_plan(blocks, [10, 10, 20, 20], 100, layers=2)
+        job.plan = fanout.make_plan(blocks, [10, 10, 20, 20], 100, layers=2).model_dump()
         job.state = SearchState.new(JobSpec.model_validate(job.spec)).to_json()
         items = fanout.add_iteration_items(s, job, SearchState.from_json(job.state))
-        shares = [(item.id, [tuple(c) for c in item.candidates]) for item in items]
+        shares = [(item.id, [Block.parse(c) for c in item.candidates]) for item in items]
     assert len(shares) == 2
     leases = [
         ItemLease.claim(item_id, f"w{k}", lease_s=60) for k, (item_id, _) in enumerate(shares)
     ]
-    ppl = {("mha", 0): 5.0, ("mha", 1): 3.0, ("mlp", 0): 3.0, ("mlp", 1): 4.0}  # a tie: mha.1 first
+    ppl = dict(zip(blocks, [5.0, 3.0, 3.0, 4.0], strict=True))  # a tie: mha.1 goes first
     for lease, (_, candidates) in zip(leases, shares, strict=True):
         for block in candidates[:-1]:
             lease.record(block, ppl[block], removed_ppl=2.0)
@@ -172,7 +174,7 @@ def test_two_shares_finishing_together_close_the_iteration_once(new_job, sent):
         ).scalar_one()
     # one write closed the iteration: each new share's message was sent once
     assert sorted(sent.flush()) == sorted(str(i) for i in next_ids)
-    assert [(r.block, r.layer, r.ppl) for r in state.removed] == [("mha", 1, 3.0)]
+    assert [(r.kind, r.layer, r.ppl) for r in state.removed] == [("mha", 1, 3.0)]
     assert state.base_ppl == 2.0 and next_items == 2 and iteration_events == 1
 
 
@@ -181,12 +183,13 @@ def test_shares_are_balanced_by_cost(shares):
     from service import fanout
 
     layers = 6
-    blocks = [("mha", i) for i in range(layers)] + [("mlp", i) for i in range(layers)]
+    blocks = [Block("mha", i) for i in range(layers)] + [Block("mlp", i) for i in range(layers)]
     plan = fanout.make_plan(blocks, [1] * len(blocks), len(blocks), layers)
     split = fanout.split_shares(plan, list(range(len(blocks))), shares)
     assert sorted(i for s in split for i in s) == list(range(len(blocks)))  # each once
     costs = [
-        sum(2 * layers - (2 * blocks[i][1] + (blocks[i][0] == "mlp")) for i in s) for s in split
+        sum(2 * layers - (2 * blocks[i].layer + (blocks[i].kind == "mlp")) for i in s)
+        for s in split
     ]
     assert max(costs) - min(costs) <= 2 * layers  # within one candidate's cost of each other
 
@@ -224,18 +227,19 @@ def test_a_racing_stage_goes_on_with_the_survivors_only(new_job, sent):
     from worker.items import ItemLease
 
     job_id = new_job(max_attempts=3)
-    blocks = [("mha", 0), ("mha", 1), ("mlp", 0), ("mlp", 1)]
+    blocks = [Block("mha", 0), Block("mha", 1), Block("mlp", 0), Block("mlp", 1)]
     nlls = {  # first 4 of 8 sequences: mha.1 trails the leader on every one, by the same 0.5
-        ("mha", 0): [2.0, 3.0, 2.5, 4.0],
-        ("mha", 1): [2.5, 3.5, 3.0, 4.5],
-        ("mlp", 0): [1.0, 4.9, 2.0, 4.0],
-        ("mlp", 1): [2.0, 3.0, 2.5, 4.0],
+        Block("mha", 0): [2.0, 3.0, 2.5, 4.0],
+        Block("mha", 1): [2.5, 3.5, 3.0, 4.5],
+        Block("mlp", 0): [1.0, 4.9, 2.0, 4.0],
+        Block("mlp", 1): [2.0, 3.0, 2.5, 4.0],
     }
     with transaction() as s:
         job = s.get(Job, job_id, with_for_update=True)
         job.status, job.parallelism = "running", 2
         job.spec = {**job.spec, "num_blocks": 1}
-        job.plan = fanout.make_plan(blocks, [10, 10, 20, 20], 100, layers=2, race=([4, 8], 3.0))
+        plan = fanout.make_plan(blocks, [10, 10, 20, 20], 100, layers=2, race=([4, 8], 3.0))
+        job.plan = plan.model_dump()
         job.state = SearchState.new(JobSpec.model_validate(job.spec)).to_json()
         first = [i.id for i in fanout.add_iteration_items(s, job, SearchState.from_json(job.state))]
 
@@ -243,7 +247,7 @@ def test_a_racing_stage_goes_on_with_the_survivors_only(new_job, sent):
         for item_id in item_ids:
             lease = ItemLease.claim(item_id, "w", lease_s=60)
             with transaction() as s:
-                candidates = [tuple(c) for c in s.get(WorkItem, item_id).candidates]
+                candidates = [Block.parse(c) for c in s.get(WorkItem, item_id).candidates]
             for block in candidates:
                 lease.record(block, 9.0, removed_ppl=2.0, nlls=values[block])
             lease.done()
@@ -251,20 +255,40 @@ def test_a_racing_stage_goes_on_with_the_survivors_only(new_job, sent):
     record_all(first, nlls)
     with transaction() as s:
         second = s.query(WorkItem).filter_by(job_id=job_id, iteration=1, stage=2).all()
-        went_on = sorted(tuple(c) for i in second for c in i.candidates)
+        went_on = sorted((Block.parse(c) for i in second for c in i.candidates), key=str)
         second_ids = [i.id for i in second]
-    assert went_on == [("mha", 0), ("mlp", 0), ("mlp", 1)]  # mha.1 was cut
+    assert went_on == [Block("mha", 0), Block("mlp", 0), Block("mlp", 1)]  # mha.1 was cut
     assert sorted(sent.flush()) == sorted(str(i) for i in second_ids)
-    ppls = {("mha", 0): 30.0, ("mlp", 0): 20.0, ("mlp", 1): 25.0}
+    ppls = {Block("mha", 0): 30.0, Block("mlp", 0): 20.0, Block("mlp", 1): 25.0}
     for item_id in second_ids:
         lease = ItemLease.claim(item_id, "w", lease_s=60)
         with transaction() as s:
-            candidates = [tuple(c) for c in s.get(WorkItem, item_id).candidates]
+            candidates = [Block.parse(c) for c in s.get(WorkItem, item_id).candidates]
         for block in candidates:
             lease.record(block, ppls[block], removed_ppl=2.0, nlls=[3.0] * 4)
     with transaction() as s:
         state = SearchState.from_json(s.get(Job, job_id).state)
-    assert [(r.block, r.layer, r.ppl) for r in state.removed] == [("mlp", 0, 20.0)]
+    assert [(r.kind, r.layer, r.ppl) for r in state.removed] == [("mlp", 0, 20.0)]
     (race,) = state.races
     assert [(st.sequences, st.raced, len(st.kept)) for st in race.stages] == [(4, 4, 3), (8, 3, 1)]
     assert race.winner.ppl == 20.0 and race.work == (4 * 4 + 3 * 4) / (4 * 8)
+
+
+def test_a_plan_stored_before_the_block_type_reads_the_same():
+    """Jobs fanned out before plans were typed stored candidates as [block, layer] pairs."""
+    from contract.fanout_plan import FanoutPlan
+    from service import fanout
+
+    blocks = [Block("mha", 0), Block("mha", 1), Block("mlp", 0), Block("mlp", 1)]
+    new = fanout.make_plan(blocks, [10, 10, 20, 20], 100, layers=2, race=([4, 8], 3.0))
+    old = {
+        "candidates": [["mha", 0], ["mha", 1], ["mlp", 0], ["mlp", 1]],
+        "block_params": [10, 10, 20, 20],
+        "total_params": 100,
+        "num_layers": 2,
+        "stages": [4, 8],
+        "margin": 3.0,
+    }
+    assert FanoutPlan.model_validate(old) == new == FanoutPlan.model_validate(new.model_dump())
+    assert new.index(Block("mlp", 0)) == 2 and new.params(Block("mlp", 1)) == 20
+    assert new.stage_count == 2 and fanout.make_plan(blocks, [1] * 4, 4, 2).stage_count == 1

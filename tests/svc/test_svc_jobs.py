@@ -56,7 +56,8 @@ def engine_result(tiny: dict, tmp_path, **spec_fields) -> dict:
 
 
 def test_job_end_to_end(service, workers, key_a, tiny_llama, tmp_path):
-    from core.blocks import Block, BlockModel
+    from contract import Block
+    from core.blocks import BlockModel
     from core.export import load_pruned
     from worker.webhooks import SIGNATURE_HEADER, verify
 
