@@ -46,7 +46,6 @@ def _tenant(
 ) -> str:
     if credentials is None:
         raise ApiError(
-            401,
             ErrorCode.UNAUTHENTICATED,
             "missing 'Authorization: Bearer <key>'",
             headers=_UNAUTHORIZED,
@@ -58,7 +57,7 @@ def _tenant(
     # thread waits for a connection (a deadlock bench/load.py hit at 200 GET/s).
     session.commit()
     if tenant_id is None:
-        raise ApiError(401, ErrorCode.UNAUTHENTICATED, "invalid API key", headers=_UNAUTHORIZED)
+        raise ApiError(ErrorCode.UNAUTHENTICATED, "invalid API key", headers=_UNAUTHORIZED)
     return tenant_id
 
 

@@ -50,23 +50,44 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
+# The HTTP status of each error code: the one place it is chosen (tests/test_api_errors.py keeps
+# raise sites from picking their own). A code not listed is the request's fault: 422.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.JOB_FINISHED: 409,
+    ErrorCode.NOT_READY: 409,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.QUOTA_EXCEEDED: 429,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.DEPENDENCY_UNAVAILABLE: 503,
+}
+
+
+def http_status(code: ErrorCode) -> int:
+    return HTTP_STATUS.get(code, 422)
+
+
 class ApiError(Exception):
+    """An error response: its status comes from its code (`HTTP_STATUS`)."""
+
     def __init__(
         self,
-        status_code: int,
         code: ErrorCode,
         message: str,
         field: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status_code, self.code, self.message, self.field = status_code, code, message, field
-        self.headers = headers
+        self.code, self.message, self.field, self.headers = code, message, field, headers
+        self.status_code = http_status(code)
 
 
 def not_found(job_id: str, what: str = "job") -> ApiError:
     # Another tenant's job is "not found" too: its existence is not ours to reveal.
-    return ApiError(404, ErrorCode.NOT_FOUND, f"{what} {printable(job_id)[:64]} not found")
+    return ApiError(ErrorCode.NOT_FOUND, f"{what} {printable(job_id)[:64]} not found")
 
 
 def check_id(value: str, what: str = "job") -> str:
@@ -124,7 +145,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse(
         error_body(ErrorCode.INVALID_REQUEST, message, first["field"], errors=problems),
-        status_code=422,
+        status_code=http_status(ErrorCode.INVALID_REQUEST),
     )
 
 
@@ -143,7 +164,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         "unhandled error %s on %s %s", reference, request.method, request.url.path, exc_info=exc
     )
     message = f"internal error (reference {reference}); it has been logged"
-    return JSONResponse(error_body(ErrorCode.INTERNAL_ERROR, message), status_code=500)
+    code = ErrorCode.INTERNAL_ERROR
+    return JSONResponse(error_body(code, message), status_code=http_status(code))
 
 
 def install_error_handlers(app: FastAPI) -> None:

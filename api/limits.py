@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from api.errors import error_body
+from api.errors import error_body, http_status
 from contract import ErrorCode
 
 Scope = dict[str, Any]
@@ -53,7 +53,7 @@ class BodyLimit:
         message = f"request body over {self.max_bytes} bytes (BLOCKPRUNE_MAX_REQUEST_BYTES)"
         response = JSONResponse(
             error_body(ErrorCode.PAYLOAD_TOO_LARGE, message),
-            status_code=413,
+            status_code=http_status(ErrorCode.PAYLOAD_TOO_LARGE),
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

@@ -156,24 +156,7 @@ def record_score(
     on the stage's slice. Returns the items the caller enqueues once this transaction commits:
     the next stage's or iteration's shares, or the export, when this score completed a stage."""
     plan = plan_of(job)
-    session.execute(
-        insert(CandidateScore)
-        .values(
-            job_id=job.id,
-            iteration=item.iteration,
-            stage=item.stage,
-            block=block.kind,
-            layer=block.layer,
-            position=plan.index(block),  # its place in the paper's order (ties: the lowest)
-            ppl=ppl,
-            nlls=nlls,
-            worker=worker,
-        )
-        .on_conflict_do_update(  # scored again (a share taken over): the same PPL, counted
-            index_elements=["job_id", "iteration", "stage", "block", "layer"],
-            set_={"times_scored": CandidateScore.times_scored + 1},
-        )
-    )
+    _insert_score(session, job, item, plan.index(block), block, ppl, nlls, worker)
     state = SearchState.from_json(job.state)
     if state.base_ppl is None and item.iteration == 1:
         state.base_ppl = removed_ppl  # the PPL of nothing removed: every share of it computes it
@@ -217,6 +200,37 @@ def record_score(
     if not last:
         return _next_stage(session, job, plan, state, item.iteration, item.stage)
     return _close(session, job, plan, state, best)
+
+
+def _insert_score(
+    session: Session,
+    job: Job,
+    item: WorkItem,
+    position: int,
+    block: Block,
+    ppl: float,
+    nlls: list[float] | None,
+    worker: str,
+) -> None:
+    """One candidate's score row; `position`: its place in the paper's order (ties: lowest)."""
+    session.execute(
+        insert(CandidateScore)
+        .values(
+            job_id=job.id,
+            iteration=item.iteration,
+            stage=item.stage,
+            block=block.kind,
+            layer=block.layer,
+            position=position,
+            ppl=ppl,
+            nlls=nlls,
+            worker=worker,
+        )
+        .on_conflict_do_update(  # scored again (a share taken over): the same PPL, counted
+            index_elements=["job_id", "iteration", "stage", "block", "layer"],
+            set_={"times_scored": CandidateScore.times_scored + 1},
+        )
+    )
 
 
 def _next_stage(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from contract import ErrorCode, JobSpec, UserError
 from service.settings import Settings
 from service.storage import parse_s3_uri, upload_prefix
-from service.tables import Upload
+from service.uploadstore import get_upload
 
 UPLOAD_REF = re.compile(r"^upload:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 
@@ -63,8 +63,8 @@ def _resolve_upload(
     session: Session, settings: Settings, tenant_id: str, field: str, source: str, kind: str
 ) -> str:
     match = UPLOAD_REF.match(source)
-    upload = session.get(Upload, match.group(1)) if match else None
-    if upload is None or upload.tenant_id != tenant_id:  # another tenant's: "no such upload"
+    upload = get_upload(session, tenant_id, match.group(1)) if match else None
+    if upload is None:  # none, or another tenant's: "no such upload" either way
         raise UserError(field, f"no upload {source.removeprefix('upload:')!r}", ErrorCode.NOT_FOUND)
     if upload.kind != kind:
         raise UserError(field, f"{source} is a {upload.kind} upload, not a {kind}")

@@ -86,9 +86,6 @@ class Settings(BaseSettings):
     # Shares per search iteration for a job that does not say (service.fanout); as many as
     # the workers the operator runs lets one job use them all. 1: one worker runs the search.
     default_parallelism: int = Field(1, ge=1, le=64)
-    # Testing aids only: seconds a worker sleeps after each committed search iteration / score.
-    debug_iteration_delay_s: float = Field(0, ge=0)
-    debug_score_delay_s: float = Field(0, ge=0)
 
     # ---- outages: waited out with backoff under a time budget, not counted as crashes -------
     # A transient error of S3, the hub, PostgreSQL or the broker (connection refused, timeout,

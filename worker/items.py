@@ -225,7 +225,6 @@ def _run(lease: ItemLease, heartbeat: Heartbeat, settings: Settings) -> None:
         candidate_time.observe()
         assert scorer.removed_ppl is not None  # the scorer's full pass comes before any score
         lease.record(block, ppl, scorer.removed_ppl, nlls)
-        _pause(settings, heartbeat)
         candidate_time.restart()
 
     if stage_ends is None:
@@ -303,13 +302,3 @@ def _export(
         lease.succeed(result.published, result.evaluation)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _pause(settings: Settings, heartbeat: Heartbeat) -> None:
-    """Testing aid: BLOCKPRUNE_DEBUG_SCORE_DELAY_S after each committed score."""
-    if settings.debug_score_delay_s:
-        import time
-
-        deadline = time.monotonic() + settings.debug_score_delay_s
-        while time.monotonic() < deadline and not heartbeat.lost.is_set():
-            time.sleep(0.02)

@@ -61,9 +61,6 @@ class Reporter:
         self.iteration_time.observe()
         progress = Progress(iteration=state.blocks_removed, total_iterations=state.total_iterations)
         self.lease.checkpoint(state, progress)
-        deadline = time.monotonic() + self.settings.debug_iteration_delay_s
-        while time.monotonic() < deadline and not self.should_stop():
-            time.sleep(0.05)
         self.iteration_time.restart()
         self.candidate_time.restart()
 

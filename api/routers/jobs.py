@@ -52,8 +52,7 @@ def create_job(
         check_bounds(settings, body.spec())
         check_fits(settings, body.spec(), model)
     except UserError as e:
-        status_code = 404 if e.code == ErrorCode.NOT_FOUND else 422
-        raise ApiError(status_code, e.code, str(e), field=e.field) from None
+        raise ApiError(e.code, str(e), field=e.field) from None
     try:
         job, created = jobstore.create_job(
             session,
@@ -69,7 +68,6 @@ def create_job(
         )
     except jobstore.QuotaExceeded as e:
         raise ApiError(
-            429,
             ErrorCode.QUOTA_EXCEEDED,
             f"this tenant already has {e} queued or running jobs, the most allowed "
             "(BLOCKPRUNE_TENANT_MAX_ACTIVE_JOBS); cancel one or wait for one to finish",
@@ -77,7 +75,6 @@ def create_job(
         ) from None
     except jobstore.IdempotencyConflict as e:
         raise ApiError(
-            409,
             ErrorCode.IDEMPOTENCY_KEY_REUSED,
             f"this Idempotency-Key was used for job {e} with a different request body",
             field="Idempotency-Key",
@@ -98,7 +95,7 @@ def _clean(field: str, value: str) -> None:
     try:
         check_clean_text(value)
     except ValueError as e:
-        raise ApiError(422, ErrorCode.INVALID_REQUEST, f"{field}: {e}", field=field) from None
+        raise ApiError(ErrorCode.INVALID_REQUEST, f"{field}: {e}", field=field) from None
 
 
 @router.get("", response_model=JobList)
@@ -115,19 +112,17 @@ def list_jobs(
             check_id(after)
         except ApiError:
             raise ApiError(
-                422, ErrorCode.INVALID_REQUEST, "after: must be a job id (a UUID)", "after"
+                ErrorCode.INVALID_REQUEST, "after: must be a job id (a UUID)", "after"
             ) from None
     if limit > settings.api_page_size_max:
-        raise ApiError(
-            422, ErrorCode.INVALID_REQUEST, f"at most {settings.api_page_size_max}", "limit"
-        )
+        raise ApiError(ErrorCode.INVALID_REQUEST, f"at most {settings.api_page_size_max}", "limit")
     try:
         jobs, has_more = jobstore.list_jobs(
             session, tenant, limit=limit, after=after, status=status
         )
     except jobstore.UnknownCursor:
         raise ApiError(
-            422, ErrorCode.INVALID_REQUEST, f"no job {after} to page after", "after"
+            ErrorCode.INVALID_REQUEST, f"no job {after} to page after", "after"
         ) from None
     return JobList(data=[JobView.of(j) for j in jobs], has_more=has_more)
 
@@ -148,7 +143,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobView:
     if job is None:
         raise not_found(job_id)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-        raise ApiError(409, ErrorCode.JOB_FINISHED, f"job {job_id} already {job.status}")
+        raise ApiError(ErrorCode.JOB_FINISHED, f"job {job_id} already {job.status}")
     transitions.request_cancel(session, job)
     session.commit()
     return JobView.of(job)
@@ -174,7 +169,7 @@ def job_artifacts(
         raise not_found(job_id)
     if job.status != JobStatus.SUCCEEDED or not job.artifacts:
         raise ApiError(
-            409, ErrorCode.NOT_READY, f"job {job_id} is {job.status}; artifacts come with success"
+            ErrorCode.NOT_READY, f"job {job_id} is {job.status}; artifacts come with success"
         )
     s3 = s3_client(settings, public=True)
     files = [

@@ -43,7 +43,6 @@ def metrics(
         given = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
             raise ApiError(
-                401,
                 ErrorCode.UNAUTHENTICATED,
                 "metrics need 'Authorization: Bearer <BLOCKPRUNE_METRICS_TOKEN>'",
                 headers={"WWW-Authenticate": "Bearer"},

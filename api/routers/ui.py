@@ -51,7 +51,7 @@ FILES = _files()
 def _serve(name: str) -> FileResponse:
     path = FILES.get(name)
     if path is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, f"no file {name!r} in the dashboard")
+        raise ApiError(ErrorCode.NOT_FOUND, f"no file {name!r} in the dashboard")
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=SECURITY_HEADERS)
 
 

@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
-from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import ERROR_RESPONSES, ApiError, check_id, not_found
 from contract import ErrorCode
 from contract.sources import CALIBRATION_SUFFIXES, SAFE_SUFFIXES, pickle_refusal
+from service import uploadstore
 from service.settings import Settings
 from service.storage import s3_client, upload_prefix
 from service.tables import Upload
@@ -116,9 +116,7 @@ def create_upload(
             url = _presign(public, settings, "put_object", key, {})
             views.append(UploadFile(name=f.name, size=f.size, url=url))
         files.append(entry)
-    session.add(
-        Upload(id=upload_id, tenant_id=tenant, kind=body.kind, status="pending", files=files)
-    )
+    uploadstore.create_upload(session, tenant, upload_id, body.kind, files)
     session.commit()
     return UploadView(
         id=upload_id,
@@ -149,9 +147,8 @@ def complete_upload(
             if "multipart_id" in f:
                 _finish_multipart(s3, settings, prefix + f["name"], f, body.parts.get(f["name"]))
             _check_stored(s3, settings, prefix + f["name"], f)
-        upload.status, upload.completed_at = "complete", func.now()
+        uploadstore.mark_complete(session, upload)
         session.commit()
-        session.refresh(upload)
     return _view(upload, settings)
 
 
@@ -221,8 +218,8 @@ def _check_stored(s3: Any, settings: Settings, key: str, f: dict) -> None:
 
 
 def _own_upload(session: Session, tenant: str, upload_id: str, lock: bool = False) -> Upload:
-    upload = session.get(Upload, check_id(upload_id, "upload"), with_for_update=lock)
-    if upload is None or upload.tenant_id != tenant:  # another tenant's: not ours to reveal
+    upload = uploadstore.get_upload(session, tenant, check_id(upload_id, "upload"), lock=lock)
+    if upload is None:
         raise not_found(upload_id, "upload")
     return upload
 
@@ -244,4 +241,4 @@ def _presign(s3: Any, settings: Settings, operation: str, key: str, extra: dict)
 
 
 def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, ErrorCode.INVALID_REQUEST, f"{field}: {message}", field=field)
+    return ApiError(ErrorCode.INVALID_REQUEST, f"{field}: {message}", field=field)

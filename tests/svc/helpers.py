@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+SLOW_WORKER = REPO / "tests" / "svc" / "slow_worker.py"  # the worker, slowed for tests
 FINAL = ("succeeded", "failed", "cancelled")
 # Every wait below polls for a state and returns as soon as it is reached: its bound only ends a
 # test that would otherwise hang. On a machine busy with other work (a compile, a prune beside the
@@ -87,22 +88,23 @@ def events(client, headers, job_id: str, kind: str | None = None) -> list[dict]:
 
 
 class WorkerProcess:
-    """One `python -m worker worker` process (Celery, prefork, concurrency 1, with reaper),
-    in its own process group so that kill -9 takes the pool child with it."""
+    """One worker process (Celery, prefork, concurrency 1, with reaper), in its own process
+    group so that kill -9 takes the pool child with it. It runs through tests/svc/slow_worker.py,
+    which slows the product's worker by `delay_s` per iteration (and the score delay of `env`)."""
 
     def __init__(self, log_path: Path, delay_s: float, env: dict[str, str] | None = None) -> None:
         self.log_path, self.delay_s, self.extra_env = log_path, delay_s, env or {}
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
-            "BLOCKPRUNE_DEBUG_ITERATION_DELAY_S": str(delay_s),
+            "BLOCKPRUNE_TEST_ITERATION_DELAY_S": str(delay_s),
             "OMP_NUM_THREADS": "1",  # tiny models; leave the other core to the tests
             **self.extra_env,
         }
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", "--loglevel", "INFO"],
+            [sys.executable, str(SLOW_WORKER), "worker", "--loglevel", "INFO"],
             cwd=REPO,
             env=env,
             stdout=self.log,

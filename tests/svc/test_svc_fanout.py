@@ -67,7 +67,7 @@ def test_parallelism_1_2_3_give_identical_results(service, workers, key_a, tiny_
 def test_kill9_mid_iteration_costs_one_candidate_at_most(
     service, workers, key_a, tiny_llama, tmp_path
 ):
-    slow = {"BLOCKPRUNE_DEBUG_SCORE_DELAY_S": "0.4"}
+    slow = {"BLOCKPRUNE_TEST_SCORE_DELAY_S": "0.4"}
     _, second = workers.start_many(2, env=slow)
     body = job_body(tiny_llama, seed=22, num_blocks=2, parallelism=2)
     job_id = service.post("/v1/jobs", json=body, headers=key_a).json()["id"]
@@ -94,7 +94,7 @@ def test_kill9_mid_iteration_costs_one_candidate_at_most(
 
 
 def test_cancel_stops_every_share(service, workers, key_a, tiny_llama):
-    workers.start_many(2, env={"BLOCKPRUNE_DEBUG_SCORE_DELAY_S": "0.5"})
+    workers.start_many(2, env={"BLOCKPRUNE_TEST_SCORE_DELAY_S": "0.5"})
     body = job_body(tiny_llama, seed=23, num_blocks=3, parallelism=2)
     job_id = service.post("/v1/jobs", json=body, headers=key_a).json()["id"]
     wait_until(

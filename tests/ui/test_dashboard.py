@@ -20,7 +20,7 @@ from svc.helpers import PATIENCE, REPO, job_body
 
 pytestmark = pytest.mark.slow
 
-DELAY_S = 1.5  # per search iteration (BLOCKPRUNE_DEBUG_ITERATION_DELAY_S): time to watch it
+DELAY_S = 1.5  # per search iteration (BLOCKPRUNE_TEST_ITERATION_DELAY_S): time to watch it
 XSS = "<img src=x onerror=alert(1)>"
 DOCS_IMG = REPO / "docs" / "img"
 
