@@ -17,8 +17,9 @@ import logging
 import threading
 import time
 from datetime import timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ScalarResult, func, select
 from sqlalchemy.orm import Session
 
 from contract import LEASED_STATUSES, ItemStatus, JobStatus
@@ -31,6 +32,7 @@ from worker.webhooks import WebhookSender, deliver_due
 
 log = logging.getLogger(__name__)
 BATCH = 100
+T = TypeVar("T", Job, WorkItem)
 
 
 def reap_once(
@@ -42,26 +44,19 @@ def reap_once(
     leases alone (just after a database outage)."""
     to_enqueue: list[str] = []
     with transaction() as s:
-        expired = s.scalars(
-            select(Job)
-            .where(
-                Job.status.in_([status.value for status in LEASED_STATUSES]),
-                Job.lease_expires_at < func.now(),
-            )
-            .limit(BATCH if judge_leases else 0)
-            .with_for_update(skip_locked=True)
+        expired = _batch(
+            s,
+            Job,
+            Job.status.in_([status.value for status in LEASED_STATUSES]),
+            Job.lease_expires_at < func.now(),
+            limit=BATCH if judge_leases else 0,
         )
         for job in expired:
             if transitions.end_of_attempt(s, job, "lease_expired"):
                 outbox.add(s, "job", job.id)
                 to_enqueue.append(job.id)
         waited_since = func.now() - timedelta(seconds=settings.queued_requeue_after_s)
-        stale = s.scalars(
-            select(Job)
-            .where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at < waited_since)
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
-        )
+        stale = _batch(s, Job, Job.status == JobStatus.QUEUED.value, Job.enqueued_at < waited_since)
         for job in stale:
             transitions.mark_enqueued(job)  # checked now: the next check waits anew
             if not _message_lost(s, "job", job.id):
@@ -78,14 +73,21 @@ def reap_once(
     return to_enqueue
 
 
+def _batch(s: Session, table: type[T], *where: Any, limit: int = BATCH) -> ScalarResult[T]:
+    """Up to `limit` rows of `table` matching `where`, locked; rows another reaper holds are
+    skipped, so any number of reapers can run at once."""
+    return s.scalars(select(table).where(*where).limit(limit).with_for_update(skip_locked=True))
+
+
 def _reap_items(s: Session, waited_since, judge_leases: bool) -> list[int]:
     """Work items of fanned-out jobs, as jobs: an expired lease puts the item back in the queue
     (its claim counts the attempts), a message that waited too long is sent again."""
-    expired = s.scalars(
-        select(WorkItem)
-        .where(WorkItem.status == ItemStatus.RUNNING.value, WorkItem.lease_expires_at < func.now())
-        .limit(BATCH if judge_leases else 0)
-        .with_for_update(skip_locked=True)
+    expired = _batch(
+        s,
+        WorkItem,
+        WorkItem.status == ItemStatus.RUNNING.value,
+        WorkItem.lease_expires_at < func.now(),
+        limit=BATCH if judge_leases else 0,
     )
     resend = []
     for item in expired:
@@ -94,11 +96,8 @@ def _reap_items(s: Session, waited_since, judge_leases: bool) -> list[int]:
         )
         transitions.set_item_status(item, ItemStatus.QUEUED)
         resend.append(item.id)
-    stale = s.scalars(
-        select(WorkItem)
-        .where(WorkItem.status == ItemStatus.QUEUED.value, WorkItem.enqueued_at < waited_since)
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
+    stale = _batch(
+        s, WorkItem, WorkItem.status == ItemStatus.QUEUED.value, WorkItem.enqueued_at < waited_since
     )
     for item in stale:
         item.enqueued_at = func.now()
