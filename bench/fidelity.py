@@ -1,220 +1,247 @@
-"""How good is each method's pruned model? BlockPruner against the layer-pruning baselines
-(ShortGPT, SLEB) on SmolLM2-135M, at about equal parameter cuts, on held-out text.
+"""Which method gives the best model at a given size? Every method on SmolLM2-135M at cuts of
+the parameters, measured on held-out text of three domains and against the dense model.
 
-Calibration: the first SAMPLES x SEQ_LEN tokens of WikiText-2 valid. Evaluation: perplexity on
-WikiText-2 test (disjoint windows of EVAL_SEQ_LEN tokens over its first EVAL_TOKENS tokens), the
-same tokens for every model. Each method runs once, to the largest cut; a smaller cut is the
-prefix of its removals that stays within that cut, which is exactly what a search with the
-smaller `param_ratio` returns (the greedy steps are the same; tests/test_methods.py checks the
-prefix rule). Layer methods remove a layer as its two blocks, so they reach only multiples of a
-layer's size; the "blockpruner (same size)" rows give BlockPruner's prefix at the layer methods'
-size (or the nearest below), for a comparison at equal parameters.
+- Calibration: SAMPLES x SEQ_LEN tokens of WikiText-2 valid; draw k starts k x DRAW_STRIDE tokens
+  in (draw 0 is the start of the file, as a job's calibration is). `--draw-methods` run in every
+  draw, the others in draw 0 only.
+- Sizes: a greedy method runs once per draw to the largest cut, and a smaller cut is the prefix of
+  its removals within that cut (what a search with the smaller `param_ratio` returns; layer
+  methods step a layer at a time). A budget method (evo) runs once per cut. Each row shows the
+  size it reached: at the cut or the nearest below.
+- Measures, the same tokens for every model: PPL on WikiText-2 test, builtin:stdlib-docs-heldout
+  and the installed packages' READMEs (pypi-readmes: prose and code, another domain), each its
+  first EVAL_TOKENS tokens in disjoint windows of EVAL_SEQ_LEN; and on WikiText-2 test, the top-1
+  agreement and the mean KL(dense || pruned) of the next-token distributions.
+- Resumable: every finished (method, draw) is saved to fidelity-state.json at once, and a rerun
+  with the same settings skips it. `--reuse FILE` takes a method's removals (and search time)
+  from an earlier fidelity.json instead of searching again (`--reuse-methods`, by default
+  BlockPruner, whose search to 20% takes over an hour here).
 
-    python bench/fidelity.py [--samples 8 --seq-len 128 --cuts 0.1,0.2 --eval-tokens 32768]
-    python bench/fidelity.py --matched-from bench/results/fidelity.json   # equal-size rows only
+    python bench/fidelity.py [--cuts 0.1,0.2,0.3 --methods blockpruner,shortgpt,sleb,evo]
+        [--draws 3 --draw-methods sleb,evo] [--reuse bench/results/fidelity-v1.json]
 
-Writes bench/results/fidelity.json and fidelity.svg; last line:
-RESULT best_at_<cut>=<method> ... (lowest test PPL at each cut)
+Writes bench/results/fidelity.json and fidelity.svg; last line: RESULT, the method with the lowest
+WikiText-2 test PPL at each cut (mean over draws).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from contract import Block, SearchState
-from core.blocks import BlockModel
-from core.calibration import load_calibration, read_tokens
-from core.evaluation.perplexity import heldout_ppl
-from core.export.inmemory import pruned_view
-from core.methods import run_method
-from core.models import load_model
-from core.naive import full_pass_ppl
-from core.plot import grouped_bars_svg
-from core.report import format_table
-from core.search import SearchConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from racing import pypi_readmes  # noqa: E402  (the bench scripts' folder)
+
+from contract import Block  # noqa: E402
+from contract.methods import METHOD_TRAITS  # noqa: E402
+from core.blocks import BlockModel  # noqa: E402
+from core.calibration import read_tokens  # noqa: E402
+from core.evaluation.perplexity import agreement, heldout_ppl  # noqa: E402
+from core.export.inmemory import pruned_view  # noqa: E402
+from core.methods import run_method  # noqa: E402
+from core.models import load_model  # noqa: E402
+from core.naive import full_pass_ppl  # noqa: E402
+from core.plot import grouped_bars_svg  # noqa: E402
+from core.report import format_table  # noqa: E402
+from core.search import SearchConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2"
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("blockpruner", "shortgpt", "sleb")
+DRAW_STRIDE = 50_000  # tokens between calibration draws (valid.txt has about 250k)
+TEXTS = ("wikitext2-test", "stdlib-docs-heldout", "pypi-readmes")
 
 
-def prefix_within(bm: BlockModel, state: SearchState, method: str, cut: float) -> list[Block]:
-    """The removals of `state` that a search with param_ratio=cut keeps: whole steps (a layer
-    for a layer method) while the removed parameters stay within the cut."""
-    blocks = state.removed_blocks
-    size = 2 if method in ("shortgpt", "sleb") else 1
-    total, kept, removed = bm.total_params(), [], 0
-    for s in range(0, len(blocks), size):
-        step = blocks[s : s + size]
-        removed += sum(bm.block_params(b) for b in step)
-        if removed / total > cut:
+def heldout_texts(args, tokenizer) -> dict[str, torch.Tensor]:
+    sources = {
+        "wikitext2-test": str(args.data / "test.txt"),
+        "stdlib-docs-heldout": "builtin:stdlib-docs-heldout",
+        "pypi-readmes": pypi_readmes(),
+    }
+    texts = {}
+    for name, source in sources.items():
+        _, ids, _, _ = read_tokens(source, tokenizer, args.eval_tokens)
+        texts[name] = torch.tensor(ids[: args.eval_tokens], dtype=torch.long)
+    return texts
+
+
+def calibration(args, tokenizer, draw: int) -> torch.Tensor:
+    """Draw `draw`'s SAMPLES x SEQ_LEN tokens of valid.txt, from token draw x DRAW_STRIDE."""
+    need = args.samples * args.seq_len
+    start = draw * DRAW_STRIDE
+    _, ids, _, _ = read_tokens(str(args.data / "valid.txt"), tokenizer, start + need)
+    if len(ids) < start + need:
+        raise SystemExit(f"valid.txt has {len(ids)} tokens: too few for draw {draw}")
+    return torch.tensor(ids[start : start + need], dtype=torch.long).view(args.samples, -1)
+
+
+def within(bm: BlockModel, blocks: list[Block], step: int, cut: float) -> list[Block]:
+    """The longest prefix of whole steps (a layer for a layer method) within `cut`."""
+    kept: list[Block] = []
+    removed = 0
+    for s in range(0, len(blocks), step):
+        removed += sum(bm.block_params(b) for b in blocks[s : s + step])
+        if removed / bm.total_params() > cut:
             break
-        kept += step
+        kept += blocks[s : s + step]
     return kept
 
 
-def matched_rows(loaded, bm: BlockModel, rows: list[dict], calib, test, seq_len: int) -> list[dict]:
-    """BlockPruner at the size each layer method reached, or the nearest below (its steps are
-    finer: a prefix of its removals): the comparison at equal parameters, not equal targets."""
-    longest = max((r for r in rows if r["method"] == "blockpruner"), key=lambda r: r["cut"])
-    order = [Block(kind, int(layer)) for kind, layer in (n.split(".") for n in longest["removed"])]
-    out = []
-    sizes = {(r["cut"], r["params_removed"]) for r in rows if r["method"] in ("shortgpt", "sleb")}
-    for cut, target in sorted(sizes):
-        blocks, removed = [], 0
-        for b in order:
-            if (removed + bm.block_params(b)) / bm.total_params() > target + 1e-12:
-                break
-            blocks.append(b)
-            removed += bm.block_params(b)
-        with pruned_view(loaded.model, blocks) as pruned:
-            result = heldout_ppl(pruned, test, seq_len)
-        out.append(
-            {
-                "method": "blockpruner (same size)",
-                "cut": cut,
-                "removed": [str(b) for b in blocks],
-                "params_removed": removed / bm.total_params(),
-                "calibration_ppl": full_pass_ppl(bm, calib, blocks),
-                "test_ppl": result.ppl,
-                "search_s": longest["search_s"],
-            }
+def search(args, bm: BlockModel, calib, method: str, draw: int, cuts: list[float], reused):
+    """{cut: (removed blocks, search seconds)} of one method on one calibration draw."""
+    if reused is not None:
+        return reused
+    traits = METHOD_TRAITS[method]
+    out = {}
+    runs = [[cut] for cut in cuts] if traits.budget_only else [cuts]
+    for group in runs:
+        t0 = time.time()
+        config = SearchConfig(
+            method=method, param_ratio=max(group), batch_size=args.batch_size, seed=draw
         )
+        blocks = run_method(bm, calib, config).removed_blocks
+        took = time.time() - t0
+        for cut in group:
+            out[cut] = (within(bm, blocks, 2 if traits.layer_units else 1, cut), took)
+        print(f"  {method} draw {draw}: searched to {max(group):.0%} in {took:.0f} s", flush=True)
     return out
 
 
-def search_rows(args, loaded, bm: BlockModel, calib, test, cuts: list[float]):
-    """Each method's search to the largest cut, and its test PPL at every cut."""
-    dense = heldout_ppl(loaded.model, test, args.eval_seq_len)
-    rows: list[dict] = [
-        {
-            "method": "dense",
-            "cut": 0.0,
-            "removed": [],
-            "params_removed": 0.0,
-            "calibration_ppl": None,
-            "test_ppl": dense.ppl,
-            "search_s": 0.0,
-        }  # fmt: skip
-    ]
-    for method in args.methods.split(","):
-        t0 = time.time()
+def measure(args, loaded, texts, blocks: list[Block]) -> dict:
+    model = loaded.model
+    with pruned_view(model, blocks) as pruned:
+        ppl = {name: heldout_ppl(pruned, ids, args.eval_seq_len).ppl for name, ids in texts.items()}
+    agree = agreement(
+        model, lambda: pruned_view(model, blocks), texts["wikitext2-test"], args.eval_seq_len
+    )
+    return {"ppl": ppl, "top1": agree.top1, "kl": agree.kl}
 
-        def progress(state: SearchState, method: str = method, t0: float = t0) -> None:
-            last, took = state.removed[-1], time.time() - t0
-            print(f"  {method}: {state.blocks_removed} blocks, removed {last}, "
-                  f"calibration ppl {last.ppl:.3f} ({took:.0f} s)", flush=True)  # fmt: skip
 
-        config = SearchConfig(method=method, param_ratio=max(cuts), batch_size=args.batch_size)
-        state = run_method(bm, calib, config, on_iteration=progress)
-        search_s = time.time() - t0
-        ppl_after = {b.ref: b.ppl for b in state.removed}
-        for cut in cuts:
-            blocks = prefix_within(bm, state, method, cut)
-            with pruned_view(loaded.model, blocks) as pruned:
-                result = heldout_ppl(pruned, test, args.eval_seq_len)
-            removed_params = sum(bm.block_params(b) for b in blocks) / bm.total_params()
-            last = (blocks[-1].kind, blocks[-1].layer) if blocks else None
-            rows.append(
-                {
-                    "method": method,
-                    "cut": cut,
-                    "removed": [str(b) for b in blocks],
-                    "params_removed": removed_params,
-                    "calibration_ppl": ppl_after[last] if last else state.base_ppl,
-                    "test_ppl": result.ppl,
-                    "search_s": search_s,
-                }
-            )
-            print(f"  {method} <= {cut:.0%}: {len(blocks)} blocks, {removed_params:.1%} of the "
-                  f"parameters, test ppl {result.ppl:.3f}", flush=True)  # fmt: skip
-    return rows, dense.ppl
+def reused_searches(path: Path | None, methods: list[str]) -> dict[str, dict]:
+    """{method: {cut: (blocks, search s)}} from an earlier fidelity.json's draw-0 rows."""
+    if path is None:
+        return {}
+    out: dict[str, dict] = {}
+    for r in json.loads(path.read_text())["rows"]:
+        if r["method"] in methods and r.get("draw", 0) == 0 and r["cut"]:
+            blocks = [Block.parse(n.split(".")) for n in r["removed"]]
+            out.setdefault(r["method"], {})[r["cut"]] = (blocks, r["search_s"])
+    return out
+
+
+def run(args, loaded, bm, texts, state: dict, state_file: Path) -> None:
+    cuts = [float(c) for c in args.cuts.split(",")]
+    reuse = reused_searches(args.reuse, args.reuse_methods.split(","))
+    if "dense" not in state:
+        state["dense"] = measure(args, loaded, texts, [])
+        state_file.write_text(json.dumps(state, indent=1) + "\n")
+    for draw in range(args.draws):
+        calib = calibration(args, loaded.tokenizer, draw)
+        for method in args.methods.split(","):
+            key = f"{method}/{draw}"
+            if key in state or (draw > 0 and method not in args.draw_methods.split(",")):
+                continue
+            reused = reuse.get(method) if draw == 0 else None
+            if reused is not None and not set(cuts) <= set(reused):
+                print(f"  {method}: --reuse lacks cuts {set(cuts) - set(reused)}: not run")
+                reused = {c: v for c, v in reused.items() if c in cuts}
+            rows = []
+            for cut, (blocks, took) in sorted(
+                search(args, bm, calib, method, draw, cuts, reused).items()
+            ):
+                size = sum(bm.block_params(b) for b in blocks) / bm.total_params()
+                row = {"method": method, "draw": draw, "cut": cut, "params_removed": size,
+                       "removed": [str(b) for b in blocks], "search_s": took,
+                       "calibration_ppl": full_pass_ppl(bm, calib, blocks, args.batch_size),
+                       **measure(args, loaded, texts, blocks)}  # fmt: skip
+                ppls = ", ".join(f"{t} {row['ppl'][t]:.2f}" for t in TEXTS)
+                print(
+                    f"  {method} draw {draw} <= {cut:.0%}: {size:.1%} removed, {ppls}", flush=True
+                )
+                rows.append(row)
+            state[key] = rows
+            state_file.write_text(json.dumps(state, indent=1) + "\n")
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def report(args, state: dict) -> None:
+    rows = [r for key, rs in state.items() if key != "dense" for r in rs]
+    dense = state["dense"]
+    table = [("method", "cut", "draws", "removed", *TEXTS, "top-1", "KL", "search s")]
+    table.append(
+        ("dense", "-", "-", "0.0%", *(f"{dense['ppl'][t]:.2f}" for t in TEXTS), "1.000", "0", "0")
+    )
+    groups, best = [], {}
+    for cut in sorted({r["cut"] for r in rows}):
+        means = {}
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method and r["cut"] == cut]
+            if not mine:
+                continue
+            means[method] = statistics.mean(r["ppl"]["wikitext2-test"] for r in mine)
+            table.append((method, f"<= {cut:.0%}", str(len(mine)),
+                          spread([100 * r["params_removed"] for r in mine]) + "%",
+                          *(spread([r["ppl"][t] for r in mine]) for t in TEXTS),
+                          f"{statistics.mean(r['top1'] for r in mine):.3f}",
+                          f"{statistics.mean(r['kl'] for r in mine):.3f}",
+                          f"{statistics.mean(r['search_s'] for r in mine):.0f}"))  # fmt: skip
+        best[cut] = min(means, key=lambda m: means[m])
+        groups.append((f"cut <= {cut:.0%}: WikiText-2 test PPL (lower is better)",
+                       {"dense": dense["ppl"]["wikitext2-test"], **means}, ".1f"))  # fmt: skip
+    print(format_table(table))
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"settings": {k: str(v) for k, v in vars(args).items()}, "dense": dense, "rows": rows}
+    (args.out / "fidelity.json").write_text(json.dumps(record, indent=1) + "\n")
+    svg = grouped_bars_svg("SmolLM2-135M, by pruning method and cut", groups)
+    (args.out / "fidelity.svg").write_text(svg)
+    print("RESULT " + " ".join(f"best_at_{cut:g}={m}" for cut, m in best.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--cuts", default="0.1,0.2")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--eval-tokens", type=int, default=32768)
+    parser.add_argument("--cuts", default="0.1,0.2,0.3")
+    parser.add_argument("--methods", default="blockpruner,shortgpt,sleb,evo")
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--draw-methods", default="sleb,evo")
+    parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--eval-seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--matched-from",
-        type=Path,
-        help="add only the equal-size BlockPruner rows to this earlier fidelity.json",
-    )
+    parser.add_argument("--reuse", type=Path, help="an earlier fidelity.json's draw-0 removals")
+    parser.add_argument("--reuse-methods", default="blockpruner", help="the methods to reuse")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cuts = [float(c) for c in args.cuts.split(",")]
-    started = time.time()
-
     loaded = load_model("builtin:smollm2-135m", "cpu", "float32")
     bm = BlockModel(loaded.model)
-    calib = load_calibration(
-        str(args.data / "valid.txt"), loaded.tokenizer, args.samples, args.seq_len
-    ).input_ids
-    _, test_ids, _, _ = read_tokens(str(args.data / "test.txt"), loaded.tokenizer, None)
-    test = torch.tensor(test_ids[: args.eval_tokens], dtype=torch.long)
-    print(f"calibration {args.samples} x {args.seq_len} tokens of valid.txt; evaluation "
-          f"{len(test):,} of {len(test_ids):,} test.txt tokens", flush=True)  # fmt: skip
-
-    if args.matched_from is not None:  # the searches' rows from an earlier run
-        earlier = json.loads(args.matched_from.read_text())
-        rows = [r for r in earlier["rows"] if not r["method"].endswith("(same size)")]
-        dense_ppl, searched_s = earlier["dense_test_ppl"], earlier["seconds"]
-    else:
-        rows, dense_ppl = search_rows(args, loaded, bm, calib, test, cuts)
-        searched_s = 0.0
-    if {"blockpruner"} < {r["method"] for r in rows} - {"dense"}:
-        rows += matched_rows(loaded, bm, rows, calib, test, args.eval_seq_len)
-
-    table = [("method", "cut", "blocks", "params removed", "calib ppl", "test ppl", "search s")]
-    for r in rows:
-        table.append(
-            (
-                r["method"],
-                f"<= {r['cut']:.0%}" if r["cut"] else "-",
-                str(len(r["removed"])),
-                f"{r['params_removed']:.1%}",
-                f"{r['calibration_ppl']:.3f}" if r["calibration_ppl"] else "-",
-                f"{r['test_ppl']:.3f}",
-                f"{r['search_s']:.0f}",
-            )
-        )
-    print(format_table(table))
-    total_s = time.time() - started + searched_s  # with the earlier run's, when rescored
-    print(f"total time: {total_s:.0f} s")
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) for k, v in vars(args).items()}
-    record = {"settings": settings, "rows": rows, "dense_test_ppl": dense_ppl,
-              "eval_tokens": len(test), "seconds": total_s}  # fmt: skip
-    (args.out / "fidelity.json").write_text(json.dumps(record, indent=1) + "\n")
-    groups = [
-        (
-            f"cut <= {cut:.0%}: test PPL (lower is better)",
-            {"dense": dense_ppl, **{r["method"]: r["test_ppl"] for r in rows if r["cut"] == cut}},
-            ".2f",
-        )
-        for cut in cuts
-    ]
-    svg = grouped_bars_svg("SmolLM2-135M on WikiText-2 test, by pruning method", groups)
-    (args.out / "fidelity.svg").write_text(svg)
-    best = {
-        cut: min((r for r in rows if r["cut"] == cut), key=lambda r: r["test_ppl"])["method"]
-        for cut in cuts
+    texts = heldout_texts(args, loaded.tokenizer)
+    print(", ".join(f"{name}: {len(ids):,} tokens" for name, ids in texts.items()), flush=True)
+    state_file = args.out / "fidelity-state.json"
+    settings = {
+        k: str(getattr(args, k)) for k in ("samples", "seq_len", "eval_tokens", "eval_seq_len")
     }
-    print("RESULT " + " ".join(f"best_at_{cut:g}={m}" for cut, m in best.items()))
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if state.get("settings", settings) != settings:
+        raise SystemExit(
+            f"{state_file} was made with {state['settings']}: move it away to start anew"
+        )
+    state["settings"] = settings
+    args.out.mkdir(parents=True, exist_ok=True)
+    run(args, loaded, bm, texts, state, state_file)
+    report(args, {k: v for k, v in state.items() if k != "settings"})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from contract.racing import DEFAULT_RACE_MARGIN, race_problem
 from contract.sources import check_builtin_calibration, check_builtin_model
 from contract.text import CleanStr
 
-Method = Literal["blockpruner", "shortgpt", "sleb"]  # METHOD_TRAITS's keys (a test holds it)
+Method = Literal["blockpruner", "shortgpt", "sleb", "evo"]  # METHOD_TRAITS's keys (a test holds it)
 METHODS: tuple[str, ...] = get_args(Method)
 Search = Literal["exact", "racing"]
 RACE_FIELDS = ("race_slice", "race_margin")  # settings of the racing search only
@@ -76,7 +76,8 @@ class JobSpec(BaseModel):
         "blockpruner",
         description="blockpruner: greedy removal of attention/MLP blocks by calibration PPL; "
         "shortgpt: whole layers with the lowest Block Influence, in one shot; sleb: greedy "
-        "removal of whole layers by calibration PPL",
+        "removal of whole layers by calibration PPL; evo: the set of attention/MLP blocks with the "
+        "lowest calibration PPL at a param_ratio budget (evolutionary search)",
     )
     num_blocks: int | None = Field(
         None, ge=1, description="blocks to remove (a layer method removes num_blocks/2 layers)"
@@ -88,7 +89,7 @@ class JobSpec(BaseModel):
     # Small defaults: the embedded default job runs in minutes on 2 CPU cores.
     samples: int = Field(8, ge=1, le=65536, description="calibration sequences")
     seq_len: int = Field(64, ge=2, le=131072, description="tokens per calibration sequence")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="shuffles .jsonl rows")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="shuffles .jsonl rows; seeds evo's search")
     dtype: Dtype = Field("float32", description="the model's dtype during the search")
     text_field: CleanStr = Field(
         "text", min_length=1, max_length=128, description="the text key of .jsonl rows"
@@ -141,7 +142,7 @@ class JobSpec(BaseModel):
     def _one_target(self) -> JobSpec:
         if (self.num_blocks is None) == (self.param_ratio is None):
             raise _field_error("num_blocks", "give exactly one of num_blocks or param_ratio")
-        problem = layer_method_problem(self.method, self.block_types, self.num_blocks)
+        problem = method_problem(self.method, self.block_types, self.num_blocks)
         if problem is not None:
             raise _field_error(*problem)
         problem = search_problem(
@@ -214,11 +215,17 @@ class JobSpec(BaseModel):
         ]
 
 
-def layer_method_problem(
-    method: str, block_types: str, num_blocks: int | None
-) -> tuple[str, str] | None:
-    """(field, message) when a layer method gets settings that only fit blocks; else None."""
-    if not METHOD_TRAITS[method].layer_units:
+def method_problem(method: str, block_types: str, num_blocks: int | None) -> tuple[str, str] | None:
+    """(field, message) when the method cannot take these settings (a layer method, settings
+    that only fit blocks; a budget method, a block count); else None."""
+    traits = METHOD_TRAITS[method]
+    if traits.budget_only and num_blocks is not None:
+        return (
+            "num_blocks",
+            f"{method} searches for the best set at a parameter budget: give param_ratio "
+            "instead of num_blocks",
+        )
+    if not traits.layer_units:
         return None
     if block_types != "mix":
         return "block_types", f"{method} removes whole layers: use mix, not {block_types}"

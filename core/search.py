@@ -23,7 +23,7 @@ import torch
 from contract import Block, JobSpec, Progress, RemovedBlock, SearchState, Unit, UserError
 from contract.iteration import beats, finish, target_reached, within_ratio
 from contract.racing import DEFAULT_RACE_MARGIN, race_chunk, race_stages
-from contract.spec import layer_method_problem, search_problem
+from contract.spec import method_problem, search_problem
 from contract.state import RaceRecord
 from core.activations import ActivationCache, After, ppl_from_nlls
 from core.blocks import BlockModel
@@ -48,6 +48,7 @@ class SearchConfig:
     race_slice: int | None = None  # sequences in racing's first slice; None: the default
     race_margin: float = DEFAULT_RACE_MARGIN  # math.inf: no candidate dropped (= exact)
     verify: bool = False  # racing: also run each iteration exactly and record its pick
+    seed: int = 0  # a seeded method's seed (evo)
 
     @classmethod
     def of(
@@ -72,6 +73,7 @@ class SearchConfig:
             spec.race_slice,
             spec.race_margin if spec.race_margin is not None else DEFAULT_RACE_MARGIN,
             verify,
+            spec.seed,
         )
 
     def chunk(self, samples: int) -> int | None:
@@ -97,7 +99,7 @@ class SearchConfig:
             cache_budget=self.cache_budget,
             search=self.search,
         )
-        problem = layer_method_problem(self.method, self.block_types, self.num_blocks)
+        problem = method_problem(self.method, self.block_types, self.num_blocks)
         if problem is not None:
             raise UserError(*problem)
         # Not JobSpec's bound: the engine also takes an infinite margin (racing == exact).

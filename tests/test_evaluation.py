@@ -14,7 +14,7 @@ from blockprune.cli import main
 from contract import Block, JobSpec, UserError
 from contract.evaluation import EvaluationSpec
 from core.blocks import BlockModel
-from core.evaluation.perplexity import heldout_ppl, window_starts
+from core.evaluation.perplexity import agreement, heldout_ppl, window_starts
 from core.evaluation.run import evaluate
 from core.export import export_pruned, load_pruned
 from core.export.inmemory import pruned_view
@@ -31,6 +31,23 @@ def test_disjoint_windows_give_the_searchs_measure(arch):
     windows = stream[: 5 * 16].view(5, 16)
     assert result.ppl == pytest.approx(full_pass_ppl(BlockModel(model), windows, []), rel=1e-6)
     assert (result.windows, result.tokens) == (5, 5 * 15)
+
+
+def test_agreement_compares_the_pruned_model_with_its_base():
+    model = tiny_model("llama", layers=3)
+    stream = tiny_ids(1, 3 * 16 + 5)[0]
+    same = agreement(model, lambda: pruned_view(model, []), stream, seq_len=16, batch_size=2)
+    assert same.top1 == 1.0 and same.kl == pytest.approx(0.0, abs=1e-6) and same.tokens == 48
+    result = agreement(model, lambda: pruned_view(model, REMOVED), stream, 16, batch_size=2)
+    windows = stream[:48].view(3, 16)
+    with torch.no_grad():
+        base = model(windows).logits.log_softmax(-1)
+        with pruned_view(model, REMOVED) as pruned:
+            ours = pruned(windows).logits.log_softmax(-1)
+    kl = (base.exp() * (base - ours)).sum(-1).mean().item()
+    top1 = (base.argmax(-1) == ours.argmax(-1)).float().mean().item()
+    assert result.kl == pytest.approx(kl, rel=1e-4) and result.kl > 0
+    assert result.top1 == pytest.approx(top1)
 
 
 def test_a_sliding_window_scores_each_later_token_once_with_full_context():

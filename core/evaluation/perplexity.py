@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +89,41 @@ def heldout_ppl(
             total += scored.double().sum().item()
             count += scored.numel()
     return HeldOut(ppl=math.exp(total / count), tokens=count, windows=len(starts))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How close a pruned model's next-token distributions stay to its base model's."""
+
+    top1: float  # share of positions where both models rank the same token first
+    kl: float  # mean KL(base || pruned) per position, in nats
+    tokens: int
+
+
+@torch.inference_mode()
+def agreement(
+    model: Any,
+    pruned: Callable[[], AbstractContextManager[Any]],
+    ids: torch.Tensor,
+    seq_len: int,
+    batch_size: int = 4,
+) -> Agreement:
+    """The base `model` against the pruned model that `pruned()` makes of it inside a `with`
+    (core.export.inmemory.pruned_view), on disjoint windows of `ids`, batch by batch: neither
+    model's logits are kept beyond one batch."""
+    starts = window_starts(len(ids), seq_len, seq_len)
+    if not starts:
+        raise UserError("data", f"{len(ids)} tokens: too few for one window of seq_len {seq_len}")
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    step = max(1, min(batch_size, LOGITS_CHUNK_BYTES // (seq_len * vocab * 8)))
+    same, kl, count = 0, 0.0, 0
+    for s in range(0, len(starts), step):
+        batch = torch.stack([ids[b : b + seq_len] for b in starts[s : s + step]]).to(device)
+        base = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+        with pruned() as small:
+            ours = small(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+        same += (base.argmax(-1) == ours.argmax(-1)).sum().item()
+        kl += F.kl_div(ours, base, log_target=True, reduction="sum").item()
+        count += base.shape[0] * base.shape[1]
+    return Agreement(top1=same / count, kl=kl / count, tokens=count)

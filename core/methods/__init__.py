@@ -22,7 +22,7 @@ import torch
 from contract import SearchState
 from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
-from core.methods import blockpruner, shortgpt, sleb
+from core.methods import blockpruner, evo, shortgpt, sleb
 from core.methods.base import PruningMethod, Units
 from core.search import SearchConfig, run_search
 
@@ -30,6 +30,7 @@ METHODS: dict[str, PruningMethod] = {
     "blockpruner": blockpruner.METHOD,
     "shortgpt": shortgpt.METHOD,
     "sleb": sleb.METHOD,
+    "evo": evo.METHOD,
 }
 assert set(METHODS) == set(METHOD_TRAITS), "every method has its traits in contract.methods"
 __all__ = ["METHODS", "PruningMethod", "Units", "run_method"]

@@ -1,0 +1,83 @@
+"""Evo (core/methods/evo.py): the best set of blocks at a parameter budget. On a model small enough
+to try every set it finds the optimum; it spends the budget, is seeded, resumes, and goes through
+the engine's loop like the other methods."""
+
+import itertools
+
+import pytest
+from conftest import tiny_ids, tiny_model
+
+from contract import JobSpec, SearchState, UserError
+from core.blocks import BlockModel
+from core.methods import run_method
+from core.methods.evo import evo_search
+from core.naive import full_pass_ppl
+from core.search import SearchConfig
+
+
+def params(bm: BlockModel, blocks) -> int:
+    return sum(bm.block_params(b) for b in blocks)
+
+
+def brute_force_best(bm: BlockModel, ids, ratio: float):
+    """Every set of blocks within the budget, scored by full passes: the lowest PPL."""
+    budget = ratio * bm.total_params()
+    blocks = bm.candidates()
+    best = None
+    for k in range(1, len(blocks) + 1):
+        for subset in itertools.combinations(blocks, k):
+            if params(bm, subset) <= budget:
+                ppl = full_pass_ppl(bm, ids, list(subset), batch_size=2)
+                if best is None or ppl < best[0]:
+                    best = (ppl, set(subset))
+    return best
+
+
+def test_evo_finds_the_best_set_that_fits_the_budget(arch):
+    bm = BlockModel(tiny_model(arch, layers=4))
+    ids = tiny_ids(6, 16)
+    ratio = 0.25
+    chosen = evo_search(bm, ids, ratio, seed=0)
+    ppl, best = brute_force_best(bm, ids, ratio)
+    assert params(bm, chosen) <= ratio * bm.total_params()
+    assert full_pass_ppl(bm, ids, chosen, batch_size=2) == pytest.approx(ppl, rel=1e-9)
+    assert set(chosen) == best
+
+
+def test_evo_spends_the_budget_and_is_seeded():
+    bm = BlockModel(tiny_model("llama", layers=6))
+    ids = tiny_ids(6, 16)
+    budget = 0.3 * bm.total_params()
+    chosen = evo_search(bm, ids, 0.3, seed=7, generations=5)
+    left = budget - params(bm, chosen)
+    assert left >= 0 and all(bm.block_params(b) > left for b in bm.candidates() if b not in chosen)
+    assert evo_search(bm, ids, 0.3, seed=7, generations=5) == chosen  # the same seed: same set
+
+
+def test_evo_runs_in_the_engine_loop_and_resumes():
+    bm = BlockModel(tiny_model("llama", layers=5))
+    ids = tiny_ids(6, 16)
+    config = SearchConfig(method="evo", param_ratio=0.3, batch_size=2)
+    saved: list[SearchState] = []
+    state = run_method(bm, ids, config, on_iteration=saved.append)
+    blocks = state.removed_blocks
+    assert state.done and blocks == evo_search(bm, ids, 0.3, batch_size=2)
+    for n, r in enumerate(state.removed, 1):  # each step's PPL is a full pass's
+        assert r.ppl == pytest.approx(full_pass_ppl(bm, ids, blocks[:n], batch_size=2), rel=1e-6)
+    resumed = run_method(bm, ids, config, saved[1])
+    assert resumed.removed == state.removed
+    other = SearchState(removed=list(reversed(state.removed)))
+    with pytest.raises(UserError, match="prefix"):
+        run_method(bm, ids, config, other)
+
+
+def test_evo_needs_a_budget():
+    bm = BlockModel(tiny_model("llama", layers=3))
+    with pytest.raises(UserError, match="param_ratio"):
+        run_method(bm, tiny_ids(4, 16), SearchConfig(method="evo", num_blocks=2))
+    spec = {"model": "builtin:smollm2-135m", "calibration": "x.txt", "method": "evo"}
+    with pytest.raises(UserError, match="num_blocks: evo searches .* give param_ratio"):
+        JobSpec.parse({**spec, "num_blocks": 4})
+    assert JobSpec.parse({**spec, "param_ratio": 0.2}).method == "evo"
+    with pytest.raises(UserError, match="param_ratio"):
+        run_method(bm, tiny_ids(4, 16), SearchConfig(method="evo", param_ratio=0.001))
