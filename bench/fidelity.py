@@ -12,6 +12,9 @@ the parameters, measured on held-out text of three domains and against the dense
   and the installed packages' READMEs (pypi-readmes: prose and code, another domain), each its
   first EVAL_TOKENS tokens in disjoint windows of EVAL_SEQ_LEN; and on WikiText-2 test, the top-1
   agreement and the mean KL(dense || pruned) of the next-token distributions.
+- Healing: `--heal-methods` are measured a second time healed (core/heal.py), fitted on
+  HEAL_SAMPLES sequences from the same draw's start (more than the search's: a map of the hidden
+  size squared needs more tokens than it has entries per row): rows "<method>+heal".
 - Resumable: every finished (method, draw) is saved to fidelity-state.json at once, and a rerun
   with the same settings skips it. `--reuse FILE` takes a method's removals (and search time)
   from an earlier fidelity.json instead of searching again (`--reuse-methods`, by default
@@ -42,8 +45,9 @@ from contract import Block  # noqa: E402
 from contract.methods import METHOD_TRAITS  # noqa: E402
 from core.blocks import BlockModel  # noqa: E402
 from core.calibration import read_tokens  # noqa: E402
-from core.evaluation.perplexity import agreement, heldout_ppl  # noqa: E402
+from core.evaluation.perplexity import agreement, heldout_ppl, reference_log_probs  # noqa: E402
 from core.export.inmemory import pruned_view  # noqa: E402
+from core.heal import healed  # noqa: E402
 from core.methods import run_method  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.naive import full_pass_ppl  # noqa: E402
@@ -70,14 +74,15 @@ def heldout_texts(args, tokenizer) -> dict[str, torch.Tensor]:
     return texts
 
 
-def calibration(args, tokenizer, draw: int) -> torch.Tensor:
+def calibration(args, tokenizer, draw: int, samples: int | None = None) -> torch.Tensor:
     """Draw `draw`'s SAMPLES x SEQ_LEN tokens of valid.txt, from token draw x DRAW_STRIDE."""
-    need = args.samples * args.seq_len
+    samples = samples or args.samples
+    need = samples * args.seq_len
     start = draw * DRAW_STRIDE
     _, ids, _, _ = read_tokens(str(args.data / "valid.txt"), tokenizer, start + need)
     if len(ids) < start + need:
         raise SystemExit(f"valid.txt has {len(ids)} tokens: too few for draw {draw}")
-    return torch.tensor(ids[start : start + need], dtype=torch.long).view(args.samples, -1)
+    return torch.tensor(ids[start : start + need], dtype=torch.long).view(samples, -1)
 
 
 def within(bm: BlockModel, blocks: list[Block], step: int, cut: float) -> list[Block]:
@@ -92,34 +97,54 @@ def within(bm: BlockModel, blocks: list[Block], step: int, cut: float) -> list[B
     return kept
 
 
-def search(args, bm: BlockModel, calib, method: str, draw: int, cuts: list[float], reused):
-    """{cut: (removed blocks, search seconds)} of one method on one calibration draw."""
-    if reused is not None:
-        return reused
-    traits = METHOD_TRAITS[method]
-    out = {}
-    runs = [[cut] for cut in cuts] if traits.budget_only else [cuts]
-    for group in runs:
-        t0 = time.time()
-        config = SearchConfig(
-            method=method, param_ratio=max(group), batch_size=args.batch_size, seed=draw
-        )
-        blocks = run_method(bm, calib, config).removed_blocks
-        took = time.time() - t0
-        for cut in group:
-            out[cut] = (within(bm, blocks, 2 if traits.layer_units else 1, cut), took)
-        print(f"  {method} draw {draw}: searched to {max(group):.0%} in {took:.0f} s", flush=True)
+def search(args, bm: BlockModel, calib, method: str, draw: int, cuts: list[float]) -> dict:
+    """{cut: (removed blocks, search seconds)}: one search to the largest of `cuts`."""
+    t0 = time.time()
+    config = SearchConfig(
+        method=method, param_ratio=max(cuts), batch_size=args.batch_size, seed=draw
+    )
+    blocks = run_method(bm, calib, config).removed_blocks
+    took = time.time() - t0
+    print(f"  {method} draw {draw}: searched to {max(cuts):.0%} in {took:.0f} s", flush=True)
+    step = 2 if METHOD_TRAITS[method].layer_units else 1
+    return {cut: (within(bm, blocks, step, cut), took) for cut in cuts}
+
+
+def work(args, cuts: list[float]) -> list[tuple[str, int, list[float]]]:
+    """(method, draw, cuts) of each search, in the order given: a budget method searches once
+    per cut, a greedy one once to the largest."""
+    out = []
+    for draw in range(args.draws):
+        for method in args.methods.split(","):
+            if draw > 0 and method not in args.draw_methods.split(","):
+                continue
+            groups = [[c] for c in cuts] if METHOD_TRAITS[method].budget_only else [cuts]
+            out += [(method, draw, group) for group in groups]
     return out
 
 
 def measure(args, loaded, texts, blocks: list[Block]) -> dict:
-    model = loaded.model
-    with pruned_view(model, blocks) as pruned:
-        ppl = {name: heldout_ppl(pruned, ids, args.eval_seq_len).ppl for name, ids in texts.items()}
-    agree = agreement(
-        model, lambda: pruned_view(model, blocks), texts["wikitext2-test"], args.eval_seq_len
-    )
+    """PPL on every held-out text, and the agreement with the dense model on WikiText-2 test."""
+    if "reference" not in texts:  # the dense model's, computed once (before any healing)
+        texts["reference"] = reference_log_probs(
+            loaded.model, texts["wikitext2-test"], args.eval_seq_len
+        )
+    with pruned_view(loaded.model, blocks) as pruned:
+        ppl = {name: heldout_ppl(pruned, texts[name], args.eval_seq_len).ppl for name in TEXTS}
+        agree = agreement(pruned, texts["wikitext2-test"], args.eval_seq_len, texts["reference"])
     return {"ppl": ppl, "top1": agree.top1, "kl": agree.kl}
+
+
+def row(args, loaded, bm, texts, calib, method, draw, cut, blocks, took) -> dict:
+    """One pruned model's measures (the model as it is: healed inside `healed`)."""
+    size = sum(bm.block_params(b) for b in blocks) / bm.total_params()
+    out = {"method": method, "draw": draw, "cut": cut, "params_removed": size,
+           "removed": [str(b) for b in blocks], "search_s": took,
+           "calibration_ppl": full_pass_ppl(bm, calib, blocks, args.batch_size),
+           **measure(args, loaded, texts, blocks)}  # fmt: skip
+    ppls = ", ".join(f"{t} {out['ppl'][t]:.2f}" for t in TEXTS)
+    print(f"  {method} draw {draw} <= {cut:.0%}: {size:.1%} removed, {ppls}", flush=True)
+    return out
 
 
 def reused_searches(path: Path | None, methods: list[str]) -> dict[str, dict]:
@@ -140,32 +165,43 @@ def run(args, loaded, bm, texts, state: dict, state_file: Path) -> None:
     if "dense" not in state:
         state["dense"] = measure(args, loaded, texts, [])
         state_file.write_text(json.dumps(state, indent=1) + "\n")
-    for draw in range(args.draws):
-        calib = calibration(args, loaded.tokenizer, draw)
-        for method in args.methods.split(","):
-            key = f"{method}/{draw}"
-            if key in state or (draw > 0 and method not in args.draw_methods.split(",")):
-                continue
-            reused = reuse.get(method) if draw == 0 else None
-            if reused is not None and not set(cuts) <= set(reused):
-                print(f"  {method}: --reuse lacks cuts {set(cuts) - set(reused)}: not run")
-                reused = {c: v for c, v in reused.items() if c in cuts}
-            rows = []
-            for cut, (blocks, took) in sorted(
-                search(args, bm, calib, method, draw, cuts, reused).items()
-            ):
-                size = sum(bm.block_params(b) for b in blocks) / bm.total_params()
-                row = {"method": method, "draw": draw, "cut": cut, "params_removed": size,
-                       "removed": [str(b) for b in blocks], "search_s": took,
-                       "calibration_ppl": full_pass_ppl(bm, calib, blocks, args.batch_size),
-                       **measure(args, loaded, texts, blocks)}  # fmt: skip
-                ppls = ", ".join(f"{t} {row['ppl'][t]:.2f}" for t in TEXTS)
-                print(
-                    f"  {method} draw {draw} <= {cut:.0%}: {size:.1%} removed, {ppls}", flush=True
-                )
-                rows.append(row)
-            state[key] = rows
-            state_file.write_text(json.dumps(state, indent=1) + "\n")
+    calib: dict[int, torch.Tensor] = {}
+    for method, draw, group in work(args, cuts):
+        key = f"{method}/{draw}/{','.join(f'{c:g}' for c in group)}"
+        if key in state:
+            continue
+        if draw not in calib:
+            calib[draw] = calibration(args, loaded.tokenizer, draw)
+        reused = reuse.get(method) if draw == 0 else None
+        if reused is not None:
+            found = {c: v for c, v in reused.items() if c in group}
+            if len(found) < len(group):
+                print(f"  {method}: --reuse lacks cuts {set(group) - set(found)}: not run")
+        else:
+            found = search(args, bm, calib[draw], method, draw, group)
+        rows = []
+        heals = method in args.heal_methods.split(",")
+        for cut, (blocks, took) in found.items():
+            rows.append(row(args, loaded, bm, texts, calib[draw], method, draw, cut, blocks, took))
+            if heals:
+                heal_ids = calibration(args, loaded.tokenizer, draw, args.heal_samples)
+                with healed(bm, heal_ids, blocks, args.batch_size or 8):
+                    rows.append(
+                        row(
+                            args,
+                            loaded,
+                            bm,
+                            texts,
+                            calib[draw],
+                            f"{method}+heal",
+                            draw,
+                            cut,
+                            blocks,
+                            took,
+                        )  # fmt: skip
+                    )
+        state[key] = rows
+        state_file.write_text(json.dumps(state, indent=1) + "\n")
 
 
 def spread(values: list[float]) -> str:
@@ -223,6 +259,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--reuse", type=Path, help="an earlier fidelity.json's draw-0 removals")
     parser.add_argument("--reuse-methods", default="blockpruner", help="the methods to reuse")
+    parser.add_argument(
+        "--heal-methods", default="evo", help="also measure these methods' models healed"
+    )
+    parser.add_argument("--heal-samples", type=int, default=64, help="sequences healing fits on")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model("builtin:smollm2-135m", "cpu", "float32")

@@ -11,7 +11,7 @@ blocks up to it, skips it and runs the rest. Every block sees exactly the tensor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -125,22 +125,36 @@ class ActivationCache:
         `chunks` (default: all). Chunk by chunk, the same tensors as `score`'s, so the NLLs of
         several ranges, concatenated in order, are bit-identical to one call over all of them
         (racing scores a first slice, then the rest). `keep` needs every chunk."""
+        if keep and chunks not in (None, range(len(self.chunks))):
+            raise ValueError("keeping the activations after a candidate needs every chunk")
+        pos = min(self._positions(unit))
+        after: After | None = {p: [] for p in self.layout.kept if p > pos} if keep else None
+        nlls = self.sequence_scores(
+            unit, lambda h, c: self.bm.sequence_nll(h, self.chunks[c]), chunks, after
+        )
+        return nlls, after
+
+    @torch.inference_mode()
+    def sequence_scores(
+        self,
+        unit: Unit,
+        score: Callable[[torch.Tensor, int], torch.Tensor],
+        chunks: range | None = None,
+        after: After | None = None,
+    ) -> torch.Tensor:
+        """`score(final hidden state, chunk index)` of each sequence chunk with `unit` also
+        removed (a sequence's NLL, or its divergence from another model: core/methods/evo.py),
+        concatenated; `after` records the kept positions' inputs."""
         positions = self._positions(unit)
         if positions & self.skip:
             names = ", ".join(str(b) for b in unit)
             raise UserError("candidates", f"block {names} is already removed")
-        chunks = range(len(self.chunks)) if chunks is None else chunks
-        if keep and chunks != range(len(self.chunks)):
-            raise ValueError("keeping the activations after a candidate needs every chunk")
-        pos = min(positions)
-        after: After | None = {p: [] for p in self.layout.kept if p > pos} if keep else None
-        skip = self.skip | positions
-        nlls = []
-        for c in chunks:
+        pos, skip = min(positions), self.skip | positions
+        out = []
+        for c in range(len(self.chunks)) if chunks is None else chunks:
             start, h = self._start(pos, c)
-            h = self._run(h, start, self.bm.num_positions, skip, after)
-            nlls.append(self.bm.sequence_nll(h, self.chunks[c]))
-        return torch.cat(nlls), after
+            out.append(score(self._run(h, start, self.bm.num_positions, skip, after), c))
+        return torch.cat(out)
 
     @torch.inference_mode()
     def rerun(self, unit: Unit) -> After:

@@ -14,7 +14,12 @@ from blockprune.cli import main
 from contract import Block, JobSpec, UserError
 from contract.evaluation import EvaluationSpec
 from core.blocks import BlockModel
-from core.evaluation.perplexity import agreement, heldout_ppl, window_starts
+from core.evaluation.perplexity import (
+    agreement,
+    heldout_ppl,
+    reference_log_probs,
+    window_starts,
+)
 from core.evaluation.run import evaluate
 from core.export import export_pruned, load_pruned
 from core.export.inmemory import pruned_view
@@ -36,17 +41,18 @@ def test_disjoint_windows_give_the_searchs_measure(arch):
 def test_agreement_compares_the_pruned_model_with_its_base():
     model = tiny_model("llama", layers=3)
     stream = tiny_ids(1, 3 * 16 + 5)[0]
-    same = agreement(model, lambda: pruned_view(model, []), stream, seq_len=16, batch_size=2)
-    assert same.top1 == 1.0 and same.kl == pytest.approx(0.0, abs=1e-6) and same.tokens == 48
-    result = agreement(model, lambda: pruned_view(model, REMOVED), stream, 16, batch_size=2)
+    reference = reference_log_probs(model, stream, seq_len=16)
+    same = agreement(model, stream, 16, reference, batch_size=2)
+    assert same.top1 == 1.0 and same.kl == pytest.approx(0.0, abs=1e-3) and same.tokens == 48
     windows = stream[:48].view(3, 16)
+    with torch.no_grad(), pruned_view(model, REMOVED) as pruned:
+        result = agreement(pruned, stream, 16, reference, batch_size=2)
+        ours = pruned(windows).logits.log_softmax(-1)
     with torch.no_grad():
         base = model(windows).logits.log_softmax(-1)
-        with pruned_view(model, REMOVED) as pruned:
-            ours = pruned(windows).logits.log_softmax(-1)
     kl = (base.exp() * (base - ours)).sum(-1).mean().item()
     top1 = (base.argmax(-1) == ours.argmax(-1)).float().mean().item()
-    assert result.kl == pytest.approx(kl, rel=1e-4) and result.kl > 0
+    assert result.kl == pytest.approx(kl, rel=1e-2) and result.kl > 0  # the reference is fp16
     assert result.top1 == pytest.approx(top1)
 
 

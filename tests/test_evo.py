@@ -19,29 +19,46 @@ def params(bm: BlockModel, blocks) -> int:
     return sum(bm.block_params(b) for b in blocks)
 
 
-def brute_force_best(bm: BlockModel, ids, ratio: float):
-    """Every set of blocks within the budget, scored by full passes: the lowest PPL."""
+def brute_force_best(bm: BlockModel, ids, ratio: float, objective):
+    """Every set of blocks that spends the budget (no other block fits beside it), scored by
+    `objective` (full passes): the lowest."""
     budget = ratio * bm.total_params()
     blocks = bm.candidates()
     best = None
     for k in range(1, len(blocks) + 1):
         for subset in itertools.combinations(blocks, k):
-            if params(bm, subset) <= budget:
-                ppl = full_pass_ppl(bm, ids, list(subset), batch_size=2)
-                if best is None or ppl < best[0]:
-                    best = (ppl, set(subset))
+            left = budget - params(bm, subset)
+            if left >= 0 and all(bm.block_params(b) > left for b in blocks if b not in subset):
+                value = objective(list(subset))
+                if best is None or value < best[0]:
+                    best = (value, set(subset))
     return best
+
+
+def kl_from_dense(bm: BlockModel, ids, removed) -> float:
+    """Mean KL(dense || pruned) of the next-token distributions, by full passes."""
+    dense = bm.forward_logits(ids)[:, :-1].log_softmax(-1)
+    ours = bm.forward_logits(ids, removed)[:, :-1].log_softmax(-1)
+    return (dense.exp() * (dense - ours)).sum(-1).mean().item()
 
 
 def test_evo_finds_the_best_set_that_fits_the_budget(arch):
     bm = BlockModel(tiny_model(arch, layers=4))
     ids = tiny_ids(6, 16)
     ratio = 0.25
-    chosen = evo_search(bm, ids, ratio, seed=0)
-    ppl, best = brute_force_best(bm, ids, ratio)
+    chosen = evo_search(bm, ids, ratio, seed=0, objective="nll")
+    ppl, best = brute_force_best(bm, ids, ratio, lambda s: full_pass_ppl(bm, ids, s, 2))
     assert params(bm, chosen) <= ratio * bm.total_params()
     assert full_pass_ppl(bm, ids, chosen, batch_size=2) == pytest.approx(ppl, rel=1e-9)
     assert set(chosen) == best
+
+
+def test_evo_by_kl_finds_the_set_closest_to_the_dense_model():
+    bm = BlockModel(tiny_model("qwen2", layers=4))
+    ids = tiny_ids(6, 16)
+    chosen = evo_search(bm, ids, 0.25, seed=0)  # the default objective; vocabulary < TOP_K
+    kl, best = brute_force_best(bm, ids, 0.25, lambda s: kl_from_dense(bm, ids, s))
+    assert set(chosen) == best and kl_from_dense(bm, ids, chosen) == pytest.approx(kl, rel=1e-5)
 
 
 def test_evo_spends_the_budget_and_is_seeded():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,28 +99,36 @@ class Agreement:
 
 
 @torch.inference_mode()
-def agreement(
-    model: Any,
-    pruned: Callable[[], AbstractContextManager[Any]],
-    ids: torch.Tensor,
-    seq_len: int,
-    batch_size: int = 4,
-) -> Agreement:
-    """The base `model` against the pruned model that `pruned()` makes of it inside a `with`
-    (core.export.inmemory.pruned_view), on disjoint windows of `ids`, batch by batch: neither
-    model's logits are kept beyond one batch."""
+def reference_log_probs(model: Any, ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The base model's next-token log-probabilities on disjoint windows of `ids`, kept in
+    float16 ([windows, seq_len, vocab]) for `agreement` to compare pruned models with."""
     starts = window_starts(len(ids), seq_len, seq_len)
     if not starts:
         raise UserError("data", f"{len(ids)} tokens: too few for one window of seq_len {seq_len}")
     device = next(model.parameters()).device
-    vocab = model.config.vocab_size
-    step = max(1, min(batch_size, LOGITS_CHUNK_BYTES // (seq_len * vocab * 8)))
+    out = []
+    for begin in starts:
+        window = ids[begin : begin + seq_len].unsqueeze(0).to(device)
+        logits = model(input_ids=window, use_cache=False).logits.float()
+        out.append(logits.log_softmax(-1).half().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def agreement(
+    model: Any, ids: torch.Tensor, seq_len: int, reference: torch.Tensor, batch_size: int = 4
+) -> Agreement:
+    """`model` (a pruned one) against the base model's `reference_log_probs` on the same
+    windows: the share of same top-1 tokens and the mean KL(base || model)."""
+    starts = window_starts(len(ids), seq_len, seq_len)
+    if len(starts) != len(reference):
+        raise ValueError(f"{len(starts)} windows, but the reference has {len(reference)}")
+    device = next(model.parameters()).device
     same, kl, count = 0, 0.0, 0
-    for s in range(0, len(starts), step):
-        batch = torch.stack([ids[b : b + seq_len] for b in starts[s : s + step]]).to(device)
-        base = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
-        with pruned() as small:
-            ours = small(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+    for s in range(0, len(starts), batch_size):
+        batch = torch.stack([ids[b : b + seq_len] for b in starts[s : s + batch_size]])
+        ours = model(input_ids=batch.to(device), use_cache=False).logits.float().log_softmax(-1)
+        base = reference[s : s + batch_size].float().to(device)
         same += (base.argmax(-1) == ours.argmax(-1)).sum().item()
         kl += F.kl_div(ours, base, log_target=True, reduction="sum").item()
         count += base.shape[0] * base.shape[1]

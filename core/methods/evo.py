@@ -9,9 +9,12 @@ and never revisits a step. Here the budget is the target from the start:
    (SLEB) while a layer fits the budget, then single blocks (BlockPruner) while one fits.
 2. **Evolve.** Each generation makes `OFFSPRING` children of the best set: a child restores one
    to three removed blocks and refills the freed parameters with random kept blocks (so every
-   child spends the budget as fully as the parent: swaps of about equal size). Children are
-   screened on the first `SCREEN_SEQUENCES` calibration sequences; the best `CONFIRM` are scored
-   on all of them, and one that beats the parent there replaces it. The result is never worse on the calibration text than its start.
+   child spends the budget as fully as the parent: swaps of about equal size). A set's fitness
+   is the mean KL divergence of its next-token distributions from the dense model's on the
+   calibration text (or its NLL: `objective`). Children are screened on the first `SCREEN_SEQUENCES` calibration sequences; the best `CONFIRM` are scored
+   on all of them, and one that beats the parent there replaces it. The result is never worse
+   on the calibration text than its start. It stops after GENERATIONS, or PATIENCE generations
+   without a better set.
 3. **Order.** The chosen set is handed to the engine's loop as a ranking (the start's blocks in
    their greedy order, then the others by position), which removes it one block per step and
    records each step's calibration PPL.
@@ -37,9 +40,12 @@ from core.search import SearchConfig, run_search
 
 log = logging.getLogger(__name__)
 GENERATIONS = 100
+PATIENCE = 30  # generations without a better set before the search stops
 OFFSPRING = 12
 CONFIRM = 2
 SCREEN_SEQUENCES = 2
+OBJECTIVE = "kl"  # or "nll" (the calibration PPL): measured in bench/fidelity.py
+TOP_K = 256  # the dense tokens that the KL objective compares at each position
 RemovedSet = frozenset[Block]
 
 
@@ -79,8 +85,10 @@ def evo_search(
     generations: int = GENERATIONS,
     offspring: int = OFFSPRING,
     on_generation: Callable[[int, float], None] | None = None,
+    objective: str = OBJECTIVE,
 ) -> list[Block]:
-    """The blocks to remove within `param_ratio` of the parameters, in removal order."""
+    """The blocks to remove within `param_ratio` of the parameters, in removal order.
+    `objective`: "kl" (from the dense model's next-token distributions) or "nll"."""
     rng = random.Random(seed)
     blocks = bm.candidates(block_types)
     size = {b: bm.block_params(b) for b in blocks}
@@ -98,30 +106,61 @@ def evo_search(
     cache = ActivationCache(bm, input_ids, min(batch_size or SCREEN_SEQUENCES, SCREEN_SEQUENCES))
     cache.build([])
     screen = range(1)
+    score = _kl_score(bm, cache) if objective == "kl" else _nll_score(bm, cache)
     scored: dict[tuple[RemovedSet, bool], float] = {}
 
     def fitness(removed: RemovedSet, screen_only: bool = False) -> float:
-        """Mean NLL over the screen's sequences or all of them, with `removed` taken out."""
+        """The objective's mean over the screen's sequences or all of them, with `removed` out."""
         if (removed, screen_only) not in scored:
             unit = tuple(sorted(removed, key=_key_block))
-            nll = cache.sequence_nlls(unit, screen if screen_only else None)[0]
-            scored[removed, screen_only] = nll.double().mean().item()
+            values = cache.sequence_scores(unit, score, screen if screen_only else None)
+            scored[removed, screen_only] = values.double().mean().item()
         return scored[removed, screen_only]
 
     best = frozenset(start)
     best_fit = fitness(best)
+    since_better = 0
     for generation in range(generations):
         children = {_mutate(best, blocks, size, budget, rng) for _ in range(offspring)}
         children.discard(best)
         screened = sorted(children, key=lambda c: (fitness(c, screen_only=True), _key(c)))
+        since_better += 1
         for child in screened[:CONFIRM]:  # a child can lose the screen and win on all
             if fitness(child) < best_fit:
-                best, best_fit = child, fitness(child)
-        log.info("evo generation %d: best mean NLL %.4f", generation + 1, best_fit)
+                best, best_fit, since_better = child, fitness(child), 0
+        log.info("evo generation %d: best mean %s %.4f", generation + 1, objective, best_fit)
         if on_generation is not None:
             on_generation(generation + 1, best_fit)
+        if since_better >= PATIENCE:
+            break
     rest = sorted(best - set(start), key=_key_block)
     return [b for b in start if b in best] + rest
+
+
+Score = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _nll_score(bm: BlockModel, cache: ActivationCache) -> Score:
+    """Each sequence's mean next-token NLL: the calibration PPL's objective."""
+    return lambda h, c: bm.sequence_nll(h, cache.chunks[c])
+
+
+def _kl_score(bm: BlockModel, cache: ActivationCache) -> Score:
+    """Each sequence's mean KL(dense || pruned) of the next-token distributions, over the dense
+    model's TOP_K most likely tokens at each position (their mass is nearly all of it; keeping
+    the whole vocabulary would cost tokens x vocabulary of memory)."""
+    dense = []
+    for ids in cache.chunks:
+        lp = bm.logits(bm.run(bm.embed(ids), 0)[:, :-1]).float().log_softmax(-1)
+        top = lp.topk(min(TOP_K, lp.shape[-1]), dim=-1)
+        dense.append((top.indices, top.values))
+
+    def score(h: torch.Tensor, c: int) -> torch.Tensor:
+        index, base = dense[c]
+        ours = bm.logits(h[:, :-1]).float().log_softmax(-1).gather(-1, index)
+        return (base.exp() * (base - ours)).sum(-1).mean(-1)
+
+    return score
 
 
 def _greedy_start(
