@@ -49,7 +49,7 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 # Fields that change a search's length or its speed, never which block each step picks: a
 # saved state stays valid when they change (a finished search can be extended).
 RESULT_NEUTRAL = frozenset(
-    {"num_blocks", "param_ratio", "batch_size", "cache_budget", "evaluation"}
+    {"num_blocks", "param_ratio", "batch_size", "cache_budget", "evaluation", "heal"}
 )
 TARGET_FIELDS = ("num_blocks", "param_ratio")  # give exactly one
 
@@ -129,6 +129,11 @@ class JobSpec(BaseModel):
         "and slower",
     )
 
+    heal: bool = Field(
+        False,
+        description="after the search, fold a least-squares linear map per removed span into "
+        "the weights that stay (training-free; the export stays a model of the same shape)",
+    )
     evaluation: EvaluationSpec | None = Field(
         None,
         description="measure the model before and after pruning: held-out perplexity, "

@@ -86,6 +86,9 @@ def add_spec_option(
     elif default is not None:
         help += " (default %(default)s)"
     flag = flag or "--" + name.replace("_", "-")
+    if info.annotation is bool:  # --heal / --no-heal
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+        return
     parser.add_argument(flag, type=kind, choices=choices, default=default, help=help)
 
 

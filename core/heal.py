@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -145,6 +145,56 @@ def healed(
     finally:
         with torch.no_grad():
             for lin, weight, bias in touched.values():
+                lin.weight.copy_(weight)
+                if bias is not None:
+                    lin.bias.copy_(bias)
+
+
+@dataclass
+class Healing:
+    """Healed weights, fitted once and swapped in by `applied` as long as a `with` lasts (an
+    evaluation measures the base model and the healed pruned one in turns)."""
+
+    spans: list[HealedSpan]
+    weights: list[tuple[nn.Linear, torch.Tensor, torch.Tensor | None]] = field(repr=False)
+
+    def to_json(self) -> dict:
+        """What pruning.json records of it."""
+        return {"method": "least-squares map per removed span (after ReplaceMe)", "ridge": RIDGE,
+                "spans": [s.to_json() for s in self.spans]}  # fmt: skip
+
+
+def fit_healing(
+    bm: BlockModel, input_ids: torch.Tensor, removed: Sequence[Block], batch_size: int | None = None
+) -> Healing:
+    """The healed weights for `removed`, fitted on `input_ids`; the model is left as it was."""
+    with healed(bm, input_ids, removed, batch_size) as done:
+        weights: list[tuple[nn.Linear, torch.Tensor, torch.Tensor | None]] = []
+        for span in done:
+            lin = output_projection(bm, span.into)
+            bias = None if lin.bias is None else lin.bias.detach().clone()
+            weights.append((lin, lin.weight.detach().clone(), bias))
+    return Healing(done, weights)
+
+
+@contextmanager
+def applied(healing: Healing | None) -> Iterator[None]:
+    """The model with `healing`'s weights inside the `with` (None: as it is), restored after."""
+    if healing is None:
+        yield
+        return
+    saved = [(lin, lin.weight.detach().clone(), lin.bias) for lin, _, _ in healing.weights]
+    saved_bias = [None if b is None else b.detach().clone() for _, _, b in saved]
+    try:
+        with torch.no_grad():
+            for lin, weight, bias in healing.weights:
+                lin.weight.copy_(weight)
+                if bias is not None:
+                    lin.bias.copy_(bias)
+        yield
+    finally:
+        with torch.no_grad():
+            for (lin, weight, _), bias in zip(saved, saved_bias, strict=True):
                 lin.weight.copy_(weight)
                 if bias is not None:
                     lin.bias.copy_(bias)

@@ -36,6 +36,19 @@ def _racing_note(search: dict | None) -> list[str]:
     return ["", note]
 
 
+def _healing_note(healing: dict | None) -> list[str]:
+    """What training-free healing changed in the weights."""
+    if not healing:
+        return []
+    into = ", ".join(f"`{s['into']}`" for s in healing["spans"])
+    return [
+        "",
+        f"Healed without training: for each run of removed blocks, a least-squares linear map "
+        f"(fitted on the calibration text) is folded into the output projection of the block "
+        f"before it ({into}). The calibration perplexities above are before healing.",
+    ]
+
+
 def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None = None) -> str:
     """A short card: base model, removed blocks, perplexity and size before/after, the
     evaluation's table when there is one, how to load."""
@@ -81,6 +94,7 @@ def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None =
         f"seed {pruning['seed']}. Exported layer j is original layer `kept_layers[j]` "
         "in `pruning.json`, which holds this whole record.",
         *_racing_note(pruning.get("search")),
+        *_healing_note(pruning.get("healing")),
         "",
         "## Loading",
         "",

@@ -13,7 +13,7 @@ search refuses, naming the fields, a state that was made with different settings
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from contract.memory import MemoryPlan
     from core.blocks import BlockModel
     from core.calibration import Calibration
+    from core.heal import Healing
     from core.models import LoadedModel
     from core.search import CandidateScorer, SearchConfig
 
@@ -168,24 +169,30 @@ def evaluate_job(
     *,
     paths: dict[str, str] | None = None,
     on_step: Callable[[str], None] | None = None,
+    healing: Healing | None = None,
 ) -> dict | None:
     """The job's evaluation (`spec.evaluation`) of the loaded model before and after removing
     the search's blocks, side by side; None when the job asks for none. The pruned variant is
     the loaded model with the export's no-op modules swapped in (core.export.inmemory), which
-    computes what the export computes, without a second copy of the weights."""
-    from contextlib import nullcontext
+    computes what the export computes, without a second copy of the weights (with `healing`,
+    its healed weights swapped in too)."""
+    from contextlib import contextmanager, nullcontext
 
     from core.evaluation.run import Variant, evaluate
     from core.export.inmemory import pruned_view
+    from core.heal import applied
 
     if spec.evaluation is None or not spec.evaluates:
         return None
     model = prepared.loaded.model
     removed = state.removed_blocks
-    variants: dict[str, Variant] = {
-        "before": lambda: nullcontext(model),
-        "after": lambda: pruned_view(model, removed),
-    }
+
+    @contextmanager
+    def after() -> Iterator[Any]:
+        with applied(healing), pruned_view(model, removed) as pruned:
+            yield pruned
+
+    variants: dict[str, Variant] = {"before": lambda: nullcontext(model), "after": after}
     return evaluate(
         variants, prepared.loaded.tokenizer, spec.evaluation, paths=paths, on_step=on_step
     )
@@ -197,14 +204,31 @@ def export_job(
     state: SearchState,
     out_dir: str | Path,
     evaluation: dict | None = None,
+    healing: Healing | None = None,
     **kw: Any,
 ) -> Path:
     """Write the pruned model of a finished search (core.export), with its evaluation report
-    when there is one."""
+    when there is one, and healed when `healing` is given."""
+    from core.heal import applied
+
+    with applied(healing):
+        path = _export(prepared, spec, state, out_dir, evaluation, healing, **kw)
+    return Path(path)
+
+
+def _export(
+    prepared: PreparedJob,
+    spec: JobSpec,
+    state: SearchState,
+    out_dir: str | Path,
+    evaluation: dict | None,
+    healing: Healing | None,
+    **kw: Any,
+) -> Path:
     from core.export import export_pruned
 
     assert state.base_ppl is not None  # a finished search has measured the unpruned model
-    path = export_pruned(
+    return export_pruned(
         prepared.loaded.model,
         prepared.loaded.tokenizer,
         [r.model_dump() for r in state.removed],
@@ -220,9 +244,9 @@ def export_job(
         method=spec.method,
         search=prepared.search_record(spec, state),
         evaluation=evaluation,
+        healing=None if healing is None else healing.to_json(),
         **kw,
     )
-    return Path(path)
 
 
 def search_job(
@@ -265,13 +289,22 @@ def finish_job(
 
     if not state.done or stop_now():
         return PruneResult(state, cancelled=True)
+    healing = None
+    if spec.heal:  # fitted once; the evaluation and the export swap it in
+        from core.heal import fit_healing
+
+        healing = fit_healing(
+            prepared.bm, prepared.input_ids, state.removed_blocks, spec.batch_size
+        )
     evaluation = None
     if spec.evaluates:
         hooks.phase(Phase.EVALUATING)
         paths = hooks.evaluation_texts()
-        evaluation = evaluate_job(prepared, spec, state, paths=paths, on_step=hooks.on_step)
+        evaluation = evaluate_job(
+            prepared, spec, state, paths=paths, on_step=hooks.on_step, healing=healing
+        )
     hooks.phase(Phase.EXPORTING)
-    out = export_job(prepared, spec, state, out_dir, evaluation, **export_kw)
+    out = export_job(prepared, spec, state, out_dir, evaluation, healing, **export_kw)
     if stop_now():
         return PruneResult(state, cancelled=True, evaluation=evaluation)
     return PruneResult(state, out, evaluation=evaluation, published=hooks.publish(out))

@@ -153,7 +153,9 @@ def test_prune_options_are_exactly_the_jobspec_fields():
         if name == "evaluation":
             continue
         action = options[name]
-        assert action.option_strings == ["--" + name.replace("_", "-")]
+        flag = "--" + name.replace("_", "-")
+        negated = ["--no-" + flag[2:]] if info.annotation is bool else []  # --heal / --no-heal
+        assert action.option_strings == [flag, *negated]
         default = EMBEDDED_DEFAULTS[name] if info.is_required() else info.default
         assert action.default == default
         literal = get_origin(info.annotation) is Literal
@@ -231,3 +233,14 @@ def test_real_smollm2_end_to_end(tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, expected, rtol=0, atol=1e-4)
+
+
+def test_heal_is_a_flag_and_lands_in_pruning_json(workdir, tmp_path):
+    healed, plain = tmp_path / "healed", tmp_path / "plain"
+    assert main(prune_args(workdir, healed, "--num-blocks", "2", "--heal")) == 0
+    assert main(prune_args(workdir, plain, "--num-blocks", "2", "--no-heal")) == 0
+    record = json.loads((healed / "pruning.json").read_text())
+    assert record["healing"]["spans"] and "healing" not in json.loads(
+        (plain / "pruning.json").read_text()
+    )
+    assert record["removed"] == json.loads((plain / "pruning.json").read_text())["removed"]

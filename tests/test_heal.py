@@ -53,3 +53,60 @@ def test_healed_restores_the_weights():
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
         assert changed == ["model.layers.1.self_attn.o_proj.weight"] and len(done) == 1
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_healed_job_exports_the_healed_model_and_evaluates_it(tmp_path):
+    """run_prune with heal: the export loads to the in-memory healed pruned model, its record
+    and card say so, the evaluation's "after" is the healed model and "before" the base one."""
+    import json
+
+    from conftest import random_text, word_tokenizer
+
+    from contract import JobSpec
+    from core.export import load_pruned
+    from core.export.inmemory import pruned_view
+    from core.heal import applied, fit_healing
+    from core.pipeline import run_prune
+
+    model_dir = tmp_path / "model"
+    model = tiny_model("llama", layers=3)
+    model.save_pretrained(model_dir)
+    word_tokenizer().save_pretrained(model_dir)
+    (tmp_path / "calib.txt").write_text(random_text(400))
+    (tmp_path / "heldout.txt").write_text(random_text(300, seed=9))
+    spec = JobSpec(
+        model=str(model_dir),
+        calibration=str(tmp_path / "calib.txt"),
+        samples=4,
+        seq_len=16,
+        num_blocks=2,
+        heal=True,
+        evaluation={"data": [str(tmp_path / "heldout.txt")], "seq_len": 16},
+    )
+    result = run_prune(spec, tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "pruning.json").read_text())
+    assert [s["into"] for s in record["healing"]["spans"]]  # at least one span was healed
+    assert "Healed without training" in (tmp_path / "out" / "README.md").read_text()
+
+    bm = BlockModel(model)
+    removed = [Block(r["block"], r["layer"]) for r in record["removed"]]
+    from core.calibration import load_calibration
+
+    ids = load_calibration(str(tmp_path / "calib.txt"), word_tokenizer(), 4, 16).input_ids
+    healing = fit_healing(bm, ids, removed)
+    probe = tiny_ids(2, 16)
+    with torch.no_grad(), applied(healing), pruned_view(model, removed) as pruned:
+        expected = pruned(probe).logits
+    with torch.no_grad():
+        loaded = load_pruned(tmp_path / "out")(probe).logits
+    torch.testing.assert_close(loaded, expected, rtol=1e-4, atol=1e-4)
+    # The evaluation measured the base model "before" and the healed pruned model "after".
+    from core.calibration import read_tokens
+    from core.evaluation.perplexity import heldout_ppl
+
+    entry = result.evaluation["perplexity"][str(tmp_path / "heldout.txt")]
+    _, held, _, _ = read_tokens(str(tmp_path / "heldout.txt"), word_tokenizer(), None)
+    stream = torch.tensor(held, dtype=torch.long)
+    assert entry["before"] == pytest.approx(heldout_ppl(model, stream, 16).ppl, rel=1e-6)
+    export_ppl = heldout_ppl(load_pruned(tmp_path / "out"), stream, 16).ppl
+    assert entry["after"] == pytest.approx(export_ppl, rel=1e-4)

@@ -64,13 +64,15 @@ def export_pruned(
     method: str = "blockpruner",
     search: dict | None = None,
     evaluation: dict | None = None,
+    healing: dict | None = None,
 ) -> Path:
     """Write the original (unpruned) `model` with the `removed` blocks taken out to `out_dir`.
 
     `removed` lists `{"block": "mha"|"mlp", "layer": i, "ppl": PPL after removing it}` in removal
     order; `source` describes the base model (e.g. `{"model": "org/name", "revision": ...}`);
     `method` is the pruning method that chose them; `search` how (core.racing.search_record);
-    `evaluation` a core.evaluation report, written
+    `healing` what core.heal folded into the weights (the model's weights are written as they
+    are: healed inside `core.heal.applied`); `evaluation` a core.evaluation report, written
     as report.json and evaluation.svg and summed up in the model card.
     The directory appears complete or not at all; an existing non-empty one is refused unless
     `overwrite`. Returns the directory's path."""
@@ -118,6 +120,7 @@ def export_pruned(
         "kept_layers": kept_layers,
         "calibration": calibration,
         "seed": seed,
+        **({"healing": healing} if healing is not None else {}),
     }
     config = _pruned_config(model, kept_layers, block_configs)
 

@@ -11,10 +11,11 @@ and never revisits a step. Here the budget is the target from the start:
    to three removed blocks and refills the freed parameters with random kept blocks (so every
    child spends the budget as fully as the parent: swaps of about equal size). A set's fitness
    is the mean KL divergence of its next-token distributions from the dense model's on the
-   calibration text (or its NLL: `objective`). Children are screened on the first `SCREEN_SEQUENCES` calibration sequences; the best `CONFIRM` are scored
-   on all of them, and one that beats the parent there replaces it. The result is never worse
-   on the calibration text than its start. It stops after GENERATIONS, or PATIENCE generations
-   without a better set.
+   calibration text (or its NLL: `objective`). Children are screened on the first
+   `SCREEN_SEQUENCES` calibration sequences; the best `CONFIRM` are scored on all of them, and
+   one that beats the parent there replaces it. The result is never worse on the calibration
+   objective than its start. It stops after GENERATIONS, or PATIENCE generations without a
+   better set.
 3. **Order.** The chosen set is handed to the engine's loop as a ranking (the start's blocks in
    their greedy order, then the others by position), which removes it one block per step and
    records each step's calibration PPL.
