@@ -7,7 +7,7 @@ from typing import Literal, get_args, get_origin
 
 import pytest
 import torch
-from conftest import random_text, tiny_model, word_tokenizer
+from conftest import tiny_model, word_tokenizer, write_model_dir
 
 from blockprune.cli import main
 from contract import EMBEDDED_DEFAULTS, Block, JobSpec, SearchState
@@ -22,10 +22,7 @@ from core.pipeline import run_prune
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    model = tiny_model("llama", layers=4)
-    model.save_pretrained(d / "model")
-    word_tokenizer().save_pretrained(d / "model")
-    (d / "calib.txt").write_text(random_text(400))
+    write_model_dir(d)
     return d
 
 

@@ -60,7 +60,7 @@ def test_a_healed_job_exports_the_healed_model_and_evaluates_it(tmp_path):
     and card say so, the evaluation's "after" is the healed model and "before" the base one."""
     import json
 
-    from conftest import random_text, word_tokenizer
+    from conftest import random_text, word_tokenizer, write_model_dir
 
     from contract import JobSpec
     from core.export import load_pruned
@@ -68,11 +68,8 @@ def test_a_healed_job_exports_the_healed_model_and_evaluates_it(tmp_path):
     from core.heal import applied, fit_healing
     from core.pipeline import run_prune
 
+    model = write_model_dir(tmp_path, layers=3)
     model_dir = tmp_path / "model"
-    model = tiny_model("llama", layers=3)
-    model.save_pretrained(model_dir)
-    word_tokenizer().save_pretrained(model_dir)
-    (tmp_path / "calib.txt").write_text(random_text(400))
     (tmp_path / "heldout.txt").write_text(random_text(300, seed=9))
     spec = JobSpec(
         model=str(model_dir),
