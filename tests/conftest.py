@@ -95,11 +95,11 @@ if importlib.util.find_spec("sqlalchemy") is not None:
     from svc.fixtures import *  # noqa: F403
 
 
-def write_model_dir(folder: Path, arch: str = "llama", layers: int = 4, calib_chars: int = 400):
+def write_model_dir(folder: Path, arch: str = "llama", layers: int = 4, calib_words: int = 400):
     """A tiny model with its tokenizer in folder/model, and folder/calib.txt: the local files a
     `blockprune prune` job reads. Returns the model."""
     model = tiny_model(arch, layers=layers)
     model.save_pretrained(folder / "model")
     word_tokenizer().save_pretrained(folder / "model")
-    (folder / "calib.txt").write_text(random_text(calib_chars))
+    (folder / "calib.txt").write_text(random_text(calib_words))
     return model

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_text, tiny_ids, tiny_model, word_tokenizer
+from conftest import random_text, tiny_ids, tiny_model, word_tokenizer, write_model_dir
 
 from blockprune.cli import main
 from contract import Block, JobSpec, UserError
@@ -194,10 +194,8 @@ def test_eval_of_an_export_whose_base_is_not_here_measures_the_export_alone(
 
 def test_run_prune_reports_the_evaluating_phase(export, tmp_path):
     d, *_ = export
+    write_model_dir(tmp_path, "mistral", layers=3, calib_words=300)
     model_dir = tmp_path / "model"
-    tiny_model("mistral", layers=3).save_pretrained(model_dir)
-    word_tokenizer().save_pretrained(model_dir)
-    (tmp_path / "calib.txt").write_text(random_text(300))
     spec = JobSpec(
         model=str(model_dir),
         calibration=str(tmp_path / "calib.txt"),
