@@ -128,26 +128,37 @@ def _fold(linear: nn.Linear, t: torch.Tensor) -> None:
         linear.bias.copy_((linear.bias.double() @ t).to(linear.bias.dtype))
 
 
+Weights = list[tuple[nn.Linear, torch.Tensor, torch.Tensor | None]]
+
+
+def _snapshot(linears: Sequence[nn.Linear]) -> Weights:
+    """Copies of the weights (and biases) of `linears`, for `_load` to put back."""
+    return [
+        (lin, lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
+        for lin in linears
+    ]
+
+
+def _load(weights: Weights) -> None:
+    with torch.no_grad():
+        for lin, weight, bias in weights:
+            lin.weight.copy_(weight)
+            if bias is not None:
+                lin.bias.copy_(bias)
+
+
 @contextmanager
 def healed(
     bm: BlockModel, input_ids: torch.Tensor, removed: Sequence[Block], batch_size: int | None = None
 ) -> Iterator[list[HealedSpan]]:
     """The model healed for `removed` inside the `with`, its weights restored after (also on an
     error): an evaluation can measure the base model, then the healed one."""
-    touched = {
-        id(lin): (lin, lin.weight.detach().clone(), None if lin.bias is None else lin.bias.clone())
-        for span in spans(bm, removed)
-        if span[0] > 0
-        for lin in [output_projection(bm, Block.at(span[0] - 1))]
-    }
+    before = [Block.at(span[0] - 1) for span in spans(bm, removed) if span[0] > 0]
+    saved = _snapshot([output_projection(bm, b) for b in before])
     try:
         yield heal(bm, input_ids, removed, batch_size)
     finally:
-        with torch.no_grad():
-            for lin, weight, bias in touched.values():
-                lin.weight.copy_(weight)
-                if bias is not None:
-                    lin.bias.copy_(bias)
+        _load(saved)
 
 
 @dataclass
@@ -156,7 +167,7 @@ class Healing:
     evaluation measures the base model and the healed pruned one in turns)."""
 
     spans: list[HealedSpan]
-    weights: list[tuple[nn.Linear, torch.Tensor, torch.Tensor | None]] = field(repr=False)
+    weights: Weights = field(repr=False)
 
     def to_json(self) -> dict:
         """What pruning.json records of it."""
@@ -169,11 +180,7 @@ def fit_healing(
 ) -> Healing:
     """The healed weights for `removed`, fitted on `input_ids`; the model is left as it was."""
     with healed(bm, input_ids, removed, batch_size) as done:
-        weights: list[tuple[nn.Linear, torch.Tensor, torch.Tensor | None]] = []
-        for span in done:
-            lin = output_projection(bm, span.into)
-            bias = None if lin.bias is None else lin.bias.detach().clone()
-            weights.append((lin, lin.weight.detach().clone(), bias))
+        weights = _snapshot([output_projection(bm, span.into) for span in done])
     return Healing(done, weights)
 
 
@@ -183,18 +190,9 @@ def applied(healing: Healing | None) -> Iterator[None]:
     if healing is None:
         yield
         return
-    saved = [(lin, lin.weight.detach().clone(), lin.bias) for lin, _, _ in healing.weights]
-    saved_bias = [None if b is None else b.detach().clone() for _, _, b in saved]
+    saved = _snapshot([lin for lin, _, _ in healing.weights])
     try:
-        with torch.no_grad():
-            for lin, weight, bias in healing.weights:
-                lin.weight.copy_(weight)
-                if bias is not None:
-                    lin.bias.copy_(bias)
+        _load(healing.weights)
         yield
     finally:
-        with torch.no_grad():
-            for (lin, weight, _), bias in zip(saved, saved_bias, strict=True):
-                lin.weight.copy_(weight)
-                if bias is not None:
-                    lin.bias.copy_(bias)
+        _load(saved)
