@@ -62,6 +62,21 @@ class RaceRecord(BaseModel):
         return self.winner.ref == self.exact.ref
 
 
+class EvolutionRecord(BaseModel):
+    """An evolutionary search (method evo) where it stands: its checkpoint between generations,
+    from which a resume goes on with the same picks as a run that never stopped."""
+
+    start: list[Block] = Field(description="the greedy start's blocks, in removal order")
+    best: list[Block] = Field(description="the best set so far, by position")
+    fitness: float = Field(description="the best set's mean objective on all calibration tokens")
+    generation: int = Field(0, ge=0, description="generations done")
+    since_better: int = Field(0, ge=0, description="generations since the best last changed")
+    done: bool = Field(False, description="the search has stopped; `best` is the set it chose")
+    rng: list[int] = Field(
+        default_factory=list, description="the mutations' random generator's state (Python's)"
+    )
+
+
 @dataclass
 class SearchState:
     spec: dict[str, Any] | None = None  # JobSpec.result_fields() of the spec that made it
@@ -72,6 +87,7 @@ class SearchState:
     done: bool = False
     final_ppl: float | None = None
     races: list[RaceRecord] = field(default_factory=list)  # a racing search's iterations
+    evolution: EvolutionRecord | None = None  # an evolutionary search's, before its removals
 
     @classmethod
     def new(cls, spec: JobSpec) -> SearchState:
@@ -103,7 +119,11 @@ class SearchState:
         )
 
     def to_json(self) -> dict[str, Any]:
-        races = {"races": [r.model_dump(mode="json") for r in self.races]} if self.races else {}
+        extra: dict[str, Any] = {}  # what only some methods' states have
+        if self.races:
+            extra["races"] = [r.model_dump(mode="json") for r in self.races]
+        if self.evolution is not None:
+            extra["evolution"] = self.evolution.model_dump(mode="json")
         return {
             "config_hash": self.config_hash,
             "spec": self.spec,
@@ -113,7 +133,7 @@ class SearchState:
             "total_iterations": self.total_iterations,
             "done": self.done,
             "final_ppl": self.final_ppl,
-            **races,
+            **extra,
         }
 
     @classmethod
@@ -131,6 +151,11 @@ class SearchState:
                 done=bool(data.get("done", False)),
                 final_ppl=_number(data.get("final_ppl")),
                 races=[RaceRecord.model_validate(r) for r in data.get("races", [])],
+                evolution=(
+                    EvolutionRecord.model_validate(data["evolution"])
+                    if data.get("evolution") is not None
+                    else None
+                ),
             )
         except (TypeError, ValueError) as e:
             raise UserError("state", f"not a search state: {e}") from None
@@ -166,6 +191,13 @@ class Progress(BaseModel):
         None, description="racing: the running stage (1-based); scored counts within it"
     )
     stages: int | None = Field(None, description="racing: stages per iteration")
+    generation: int | None = Field(
+        None, description="evo: generations done (before its first removal)"
+    )
+    generations: int | None = Field(None, description="evo: the most generations it runs")
+    best_fitness: float | None = Field(
+        None, description="evo: the best set's mean objective (KL from the dense model, or NLL)"
+    )
 
     @computed_field(description="share of the job's candidates done; None for a ratio target")
     def fraction(self) -> float | None:

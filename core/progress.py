@@ -25,7 +25,10 @@ class SearchBar:
         self.bar.set_description(phase.value if isinstance(phase, Phase) else phase)
 
     def scored(self, p: Progress) -> None:
-        """One more candidate was scored."""
+        """One more candidate was scored (for evo: one more generation)."""
+        if p.generation is not None:
+            self._evolution(p)
+            return
         if p.stage is not None:  # racing: how many race on is known only stage by stage
             self._racing(p)
             return
@@ -59,6 +62,9 @@ class SearchBar:
         skip candidates, so the count is set from the job's position rather than stepped."""
         for block in removed[self.written :]:
             self.removed(block)
+        if p.generation is not None and stage in (Phase.SEARCHING, Phase.SEARCHING.value):
+            self._evolution(p)
+            return
         searching = stage in (Phase.SEARCHING, Phase.SEARCHING.value) and p.total_candidates
         if searching and p.stage is not None:
             self._racing(p)
@@ -87,6 +93,14 @@ class SearchBar:
         else:
             self.bar.total, self.bar.n = p.total_candidates, p.scored
         self._describe(p)
+        self.bar.refresh()
+
+    def _evolution(self, p: Progress) -> None:
+        """Evo's bar: generations of at most `generations` (it may stop sooner, on patience)."""
+        self.bar.total, self.bar.unit, self.bar.n = p.generations, "gen", p.generation
+        self.bar.set_description("evo generation")
+        if p.best_fitness is not None:
+            self.bar.set_postfix_str(f"best objective {p.best_fitness:.4f}")
         self.bar.refresh()
 
     def _describe(self, p: Progress) -> None:

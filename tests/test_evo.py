@@ -7,7 +7,7 @@ import itertools
 import pytest
 from conftest import tiny_ids, tiny_model
 
-from contract import JobSpec, SearchState, UserError
+from contract import JobSpec, Progress, SearchState, UserError
 from core.blocks import BlockModel
 from core.methods import run_method
 from core.methods.evo import evo_search
@@ -88,6 +88,32 @@ def test_evo_runs_in_the_engine_loop_and_resumes():
         run_method(bm, ids, config, other)
 
 
+def test_evo_checkpoints_each_generation_and_a_resume_from_any_picks_the_same_set():
+    """A job stopped in the evolution (cancel, a worker that died) and resumed from its last
+    checkpoint chooses what the search that never stopped chose, with fewer generations run."""
+    bm = BlockModel(tiny_model("llama", layers=5))
+    ids = tiny_ids(6, 16)
+    config = SearchConfig(method="evo", param_ratio=0.3, batch_size=2)
+    saved: list[SearchState] = []
+    progress: list[Progress] = []
+    whole = run_method(bm, ids, config, on_iteration=saved.append, on_progress=progress.append)
+    evolving = [s for s in saved if not s.removed]  # the checkpoints before the removals
+    generations = [s.evolution.generation for s in evolving]
+    assert generations == list(range(1, len(evolving) + 1)) and len(evolving) >= 3
+    assert all(s.evolution == whole.evolution for s in saved if s.removed)  # kept after
+    assert whole.evolution.done and [p.generation for p in progress if p.generation] == generations
+    middle = SearchState.from_json(evolving[1].to_json())  # as a worker stores and reads it
+    assert middle.evolution == evolving[1].evolution and not middle.evolution.done
+    resumed = run_method(bm, ids, config, middle, on_progress=progress.append)
+    assert resumed.removed == whole.removed and resumed.evolution == whole.evolution
+
+    stops = iter([False] * 2 + [True] * 1000)  # polled once per generation: stops in the third
+    partial = run_method(bm, ids, config, evolving[0], should_stop=lambda: next(stops))
+    assert not partial.done and not partial.removed
+    assert partial.evolution.generation == evolving[0].evolution.generation + 2
+    assert run_method(bm, ids, config, partial).removed == whole.removed
+
+
 def test_evo_needs_a_budget():
     bm = BlockModel(tiny_model("llama", layers=3))
     with pytest.raises(UserError, match="param_ratio"):
@@ -98,3 +124,16 @@ def test_evo_needs_a_budget():
     assert JobSpec.parse({**spec, "param_ratio": 0.2}).method == "evo"
     with pytest.raises(UserError, match="param_ratio"):
         run_method(bm, tiny_ids(4, 16), SearchConfig(method="evo", param_ratio=0.001))
+
+
+def test_the_progress_bar_counts_evo_generations_locally_and_when_polled():
+    from contract import Phase
+    from core.progress import SearchBar
+
+    for feed in ("scored", "snapshot"):
+        bar = SearchBar()
+        p = Progress(generation=7, generations=100, best_fitness=0.25)
+        bar.scored(p) if feed == "scored" else bar.snapshot(Phase.SEARCHING, p, [])
+        assert (bar.bar.n, bar.bar.total, bar.bar.unit) == (7, 100, "gen")
+        assert bar.bar.desc.startswith("evo generation") and "0.2500" in bar.bar.postfix
+        bar.close()

@@ -98,7 +98,10 @@ function draw(job) {
   setText("job-phase", job.phase);
   setText("job-iteration", iterationText(p));
   const stage = p.stage ? `stage ${p.stage}/${p.stages}: ` : ""; // a racing search's stages
-  setText("job-scored", p.total_candidates ? `${stage}${p.scored} / ${p.total_candidates}` : "");
+  const scored = p.total_candidates ? `${stage}${p.scored} / ${p.total_candidates}` : "";
+  // evo's search before its removals: generations, not candidates
+  const generation = p.generation != null ? `generation ${p.generation} / ${p.generations}` : "";
+  setText("job-scored", generation || scored);
   const block = p.best_block ? ` (${p.best_block.block}.${p.best_block.layer})` : "";
   setText("job-best", p.best_ppl === null ? "" : fmtPpl(p.best_ppl) + block);
   setText("job-base", fmtPpl(job.base_ppl));

@@ -23,7 +23,7 @@ from contract import SearchState
 from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
 from core.methods import blockpruner, evo, shortgpt, sleb
-from core.methods.base import PruningMethod, Units
+from core.methods.base import Callbacks, PruningMethod, Units
 from core.search import SearchConfig, run_search
 
 METHODS: dict[str, PruningMethod] = {
@@ -33,7 +33,7 @@ METHODS: dict[str, PruningMethod] = {
     "evo": evo.METHOD,
 }
 assert set(METHODS) == set(METHOD_TRAITS), "every method has its traits in contract.methods"
-__all__ = ["METHODS", "PruningMethod", "Units", "run_method"]
+__all__ = ["METHODS", "Callbacks", "PruningMethod", "Units", "run_method"]
 
 
 def run_method(
@@ -45,7 +45,12 @@ def run_method(
 ) -> SearchState:
     """Run `config.method` (a new search if `state` is None, else resumed from it);
     `callbacks`: on_iteration, on_progress, should_stop, as `run_search` names them."""
-    chosen = METHODS[config.method].units(bm, input_ids, config, state)
+    chosen = METHODS[config.method].units(bm, input_ids, config, state, Callbacks(**callbacks))
+    if chosen.state is not None:
+        state = chosen.state
+    if chosen.stopped:
+        assert state is not None, "a method stopped before the loop returns where it stands"
+        return state
     return run_search(
         bm,
         input_ids,

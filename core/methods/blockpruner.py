@@ -11,7 +11,7 @@ import torch
 from contract import SearchState
 from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
-from core.methods.base import Units
+from core.methods.base import Callbacks, Units
 from core.search import SearchConfig, block_units
 
 
@@ -24,6 +24,7 @@ class BlockPruner:
         input_ids: torch.Tensor,
         config: SearchConfig,
         state: SearchState | None,
+        callbacks: Callbacks,
     ) -> Units:
         return Units(block_units(bm, config.block_types))
 

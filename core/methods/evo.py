@@ -20,24 +20,30 @@ and never revisits a step. Here the budget is the target from the start:
    their greedy order, then the others by position), which removes it one block per step and
    records each step's calibration PPL.
 
-Everything is seeded by the job's `seed`, so a search and its resume pick the same set.
+Everything is seeded by the job's `seed`, so a search and its resume pick the same set. After
+every generation the search checkpoints its record (contract.state.EvolutionRecord: the start,
+the best set, its fitness, the generation) in the job's state and reports its progress; a resume
+goes on from the last generation done, and a stop (cancel, a lost lease) waits at most one
+generation.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from contract import Block, SearchState, UserError
+from contract import Block, Progress, SearchState, UserError
 from contract.methods import METHOD_TRAITS
+from contract.state import EvolutionRecord
 from core.activations import ActivationCache
 from core.blocks import BlockModel
-from core.methods.base import Units
+from core.methods.base import Callbacks, Units
 from core.methods.sleb import layer_units
-from core.search import SearchConfig, run_search
+from core.search import ProgressCallback, SearchConfig, run_search
 
 log = logging.getLogger(__name__)
 GENERATIONS = 100
@@ -48,6 +54,7 @@ SCREEN_SEQUENCES = 2
 OBJECTIVE = "kl"  # or "nll" (the calibration PPL): measured in bench/fidelity.py
 TOP_K = 256  # the dense tokens that the KL objective compares at each position
 RemovedSet = frozenset[Block]
+RNG_VERSION = random.getstate()[0]  # the Mersenne Twister state's format (3 since Python 3.2)
 
 
 class Evo:
@@ -59,6 +66,7 @@ class Evo:
         input_ids: torch.Tensor,
         config: SearchConfig,
         state: SearchState | None,
+        callbacks: Callbacks,
     ) -> Units:
         config.validate(bm)
         if config.param_ratio is None:
@@ -67,16 +75,63 @@ class Evo:
                 "evo searches for the best set at a parameter budget: give param_ratio "
                 "(num_blocks does not apply)",
             )
-        order = evo_search(
-            bm, input_ids, config.param_ratio, config.seed, config.batch_size, config.block_types
-        )
-        done = state.removed_blocks if state is not None else []
+        state = copy.deepcopy(state) if state is not None else SearchState()
+
+        def checkpoint(record: EvolutionRecord) -> None:
+            state.evolution = record
+            if callbacks.on_iteration is not None:
+                callbacks.on_iteration(copy.deepcopy(state))
+            if callbacks.on_progress is not None:
+                callbacks.on_progress(
+                    Progress(
+                        generation=record.generation,
+                        generations=GENERATIONS,
+                        best_fitness=record.fitness,
+                    )
+                )
+
+        record = state.evolution
+        if record is None or not record.done:
+            record = evolve(
+                bm,
+                input_ids,
+                config.param_ratio,
+                config.seed,
+                config.batch_size,
+                config.block_types,
+                record=record,
+                on_generation=checkpoint,
+                should_stop=callbacks.should_stop,
+                on_progress=callbacks.on_progress,
+            )
+        if record is None or not record.done:  # stopped: the checkpoint has where it stood
+            return Units([], state=state, stopped=True)
+        state.evolution = record
+        order = removal_order(record)
+        done = state.removed_blocks
         if done != order[: len(done)]:  # the same spec and seed always give the same set
             raise UserError("resume", "the saved state is not a prefix of this search's set")
-        return Units([(b,) for b in order], ranked=True)
+        return Units([(b,) for b in order], ranked=True, state=state)
 
 
 def evo_search(
+    bm: BlockModel, input_ids: torch.Tensor, param_ratio: float, **options
+) -> list[Block]:
+    """The blocks to remove within `param_ratio` of the parameters, in removal order (`evolve`'s
+    set, with its options)."""
+    record = evolve(bm, input_ids, param_ratio, **options)
+    assert record is not None and record.done  # nothing stops it
+    return removal_order(record)
+
+
+def removal_order(record: EvolutionRecord) -> list[Block]:
+    """The chosen set in removal order: the start's blocks in their greedy order, then the
+    others by position."""
+    best = set(record.best)
+    return [b for b in record.start if b in best] + sorted(best - set(record.start), key=_key_block)
+
+
+def evolve(
     bm: BlockModel,
     input_ids: torch.Tensor,
     param_ratio: float,
@@ -85,22 +140,33 @@ def evo_search(
     block_types: str = "mix",
     generations: int = GENERATIONS,
     offspring: int = OFFSPRING,
-    on_generation: Callable[[int, float], None] | None = None,
     objective: str = OBJECTIVE,
-) -> list[Block]:
-    """The blocks to remove within `param_ratio` of the parameters, in removal order.
-    `objective`: "kl" (from the dense model's next-token distributions) or "nll"."""
-    rng = random.Random(seed)
+    *,
+    record: EvolutionRecord | None = None,
+    on_generation: Callable[[EvolutionRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> EvolutionRecord | None:
+    """The search from `record` (None: from the greedy start), to its end or until
+    `should_stop`: the record where it stands (None if stopped in the start). `objective`: "kl"
+    (from the dense model's next-token distributions) or "nll". The mutations draw from one
+    generator seeded by `seed`, whose state the record keeps, so a search resumed from its
+    record picks what one that never stopped picks."""
     blocks = bm.candidates(block_types)
     size = {b: bm.block_params(b) for b in blocks}
     budget = int(param_ratio * bm.total_params())
-    start = _greedy_start(bm, input_ids, param_ratio, batch_size, block_types)
-    if not start:
-        raise UserError(
-            "param_ratio",
-            f"the budget ({budget:,} parameters) is below the smallest block "
-            f"({min(size.values()):,})",
+    if record is None:
+        start: list[Block] | None = _greedy_start(
+            bm, input_ids, param_ratio, batch_size, block_types, on_progress, should_stop
         )
+        if start is None:
+            return None
+        if not start:
+            raise UserError(
+                "param_ratio",
+                f"the budget ({budget:,} parameters) is below the smallest block "
+                f"({min(size.values()):,})",
+            )
     # The dense model's activations at every position, in chunks of the screen's size (never
     # above batch_size, a memory bound): a set restarts where its first removed block is, and
     # chunk 0 is the screen.
@@ -118,10 +184,21 @@ def evo_search(
             scored[removed, screen_only] = values.double().mean().item()
         return scored[removed, screen_only]
 
-    best = frozenset(start)
-    best_fit = fitness(best)
-    since_better = 0
-    for generation in range(generations):
+    if record is None:
+        assert start is not None
+        record = EvolutionRecord(
+            start=start, best=_sorted(start), fitness=fitness(frozenset(start))
+        )
+    best = frozenset(record.best)
+    best_fit, since_better = record.fitness, record.since_better
+    rng = random.Random(seed)
+    if record.rng:
+        rng.setstate((RNG_VERSION, tuple(record.rng), None))
+    for generation in range(record.generation, generations):
+        if since_better >= PATIENCE:
+            break
+        if should_stop is not None and should_stop():
+            return record
         children = {_mutate(best, blocks, size, budget, rng) for _ in range(offspring)}
         children.discard(best)
         screened = sorted(children, key=lambda c: (fitness(c, screen_only=True), _key(c)))
@@ -130,12 +207,13 @@ def evo_search(
             if fitness(child) < best_fit:
                 best, best_fit, since_better = child, fitness(child), 0
         log.info("evo generation %d: best mean %s %.4f", generation + 1, objective, best_fit)
+        record = record.model_copy(
+            update={"best": _sorted(best), "fitness": best_fit, "generation": generation + 1,
+                    "since_better": since_better, "rng": list(rng.getstate()[1])}
+        )  # fmt: skip
         if on_generation is not None:
-            on_generation(generation + 1, best_fit)
-        if since_better >= PATIENCE:
-            break
-    rest = sorted(best - set(start), key=_key_block)
-    return [b for b in start if b in best] + rest
+            on_generation(record)
+    return record.model_copy(update={"done": True})
 
 
 Score = Callable[[torch.Tensor, int], torch.Tensor]
@@ -170,15 +248,25 @@ def _greedy_start(
     param_ratio: float,
     batch_size: int | None,
     block_types: str,
-) -> list[Block]:
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Block] | None:
     """Whole layers by the greedy rule while one fits (SLEB), then single blocks while one fits
-    (BlockPruner): the engine's exact searches, in removal order."""
+    (BlockPruner): the engine's exact searches, in removal order (None if stopped)."""
     state = None
     if block_types == "mix":
         layers = SearchConfig(method="sleb", param_ratio=param_ratio, batch_size=batch_size)
-        state = run_search(bm, input_ids, layers, units=layer_units(bm))
+        state = run_search(
+            bm, input_ids, layers, units=layer_units(bm), on_progress=on_progress,
+            should_stop=should_stop,
+        )  # fmt: skip
+        if not state.done:
+            return None
     singles = SearchConfig(param_ratio=param_ratio, batch_size=batch_size, block_types=block_types)
-    return run_search(bm, input_ids, singles, state).removed_blocks
+    state = run_search(
+        bm, input_ids, singles, state, on_progress=on_progress, should_stop=should_stop
+    )
+    return state.removed_blocks if state.done else None
 
 
 def _mutate(
@@ -205,6 +293,10 @@ def _mutate(
 
 def _key_block(b: Block) -> int:
     return b.position
+
+
+def _sorted(removed: Iterable[Block]) -> list[Block]:
+    return sorted(removed, key=_key_block)
 
 
 def _key(removed: RemovedSet) -> list[int]:

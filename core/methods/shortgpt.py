@@ -18,7 +18,7 @@ from contract import SearchState, UserError
 from contract.blocks import layer_blocks
 from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
-from core.methods.base import Units
+from core.methods.base import Callbacks, Units
 from core.search import SearchConfig
 
 
@@ -53,6 +53,7 @@ class ShortGPT:
         input_ids: torch.Tensor,
         config: SearchConfig,
         state: SearchState | None,
+        callbacks: Callbacks,
     ) -> Units:
         """The layers in Block Influence order, a ranking the engine's loop removes one per step
         (measuring each step's PPL with its cache, and stopping at the target)."""

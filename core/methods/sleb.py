@@ -15,7 +15,7 @@ from contract import SearchState, Unit
 from contract.blocks import layer_blocks
 from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
-from core.methods.base import Units
+from core.methods.base import Callbacks, Units
 from core.search import SearchConfig
 
 
@@ -33,6 +33,7 @@ class Sleb:
         input_ids: torch.Tensor,
         config: SearchConfig,
         state: SearchState | None,
+        callbacks: Callbacks,
     ) -> Units:
         return Units(layer_units(bm))
 
