@@ -49,7 +49,15 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 # Fields that change a search's length or its speed, never which block each step picks: a
 # saved state stays valid when they change (a finished search can be extended).
 RESULT_NEUTRAL = frozenset(
-    {"num_blocks", "param_ratio", "batch_size", "cache_budget", "evaluation", "heal"}
+    {
+        "num_blocks",
+        "param_ratio",
+        "batch_size",
+        "cache_budget",
+        "evaluation",
+        "heal",
+        "general_export",
+    }
 )
 TARGET_FIELDS = ("num_blocks", "param_ratio")  # give exactly one
 
@@ -133,6 +141,12 @@ class JobSpec(BaseModel):
         False,
         description="after the search, fold a least-squares linear map per removed span into "
         "the weights that stay (training-free; the export stays a model of the same shape)",
+    )
+    general_export: bool = Field(
+        False,
+        description="export as model type blockprune (with its modeling code) even when only "
+        "whole layers were removed; by default such a result exports as the base architecture "
+        "with fewer layers, which loads without remote code",
     )
     evaluation: EvaluationSpec | None = Field(
         None,

@@ -98,14 +98,7 @@ def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None =
         "",
         "## Loading",
         "",
-        "With transformers, running the modeling code shipped in this directory:",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM",
-        "",
-        f'model = AutoModelForCausalLM.from_pretrained("{weights_dir}", trust_remote_code=True)',
-        "```",
-        "",
+        *_loading_note(pruning, weights_dir),
         "With BlockPrune installed, without running any code from this directory:",
         "",
         "```python",
@@ -116,6 +109,33 @@ def render_model_card(pruning: dict, weights_dir: str, evaluation: dict | None =
         "",
     ]
     return "\n".join(lines)
+
+
+def _loading_note(pruning: dict, weights_dir: str) -> list[str]:
+    """How transformers loads it: a plain export (whole layers removed) as its own architecture,
+    the general one through the modeling code it ships."""
+    if pruning.get("layout") == "plain":
+        how = (
+            f"Only whole layers were removed, so this is a plain `{pruning['base_model_type']}` "
+            "model with fewer layers: transformers, and every tool that reads that "
+            "architecture, loads it without remote code:"
+        )
+        call = f'model = AutoModelForCausalLM.from_pretrained("{weights_dir}")'
+    else:
+        how = "With transformers, running the modeling code shipped in this directory:"
+        call = (
+            f'model = AutoModelForCausalLM.from_pretrained("{weights_dir}", trust_remote_code=True)'
+        )
+    return [
+        how,
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        call,
+        "```",
+        "",
+    ]
 
 
 def _evaluation_section(report: dict | None) -> list[str]:

@@ -245,6 +245,7 @@ def _export(
         search=prepared.search_record(spec, state),
         evaluation=evaluation,
         healing=None if healing is None else healing.to_json(),
+        general=spec.general_export,
         **kw,
     )
 

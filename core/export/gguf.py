@@ -41,7 +41,12 @@ from safetensors import safe_open
 from contract import ErrorCode, UserError
 from core.export.gguf_vocab import read_vocab
 from core.export.hf_modeling_template import block_config_flags
-from core.export.modeling_code import MODEL_TYPE, PRUNING_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from core.export.modeling_code import (
+    PRUNING_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+    read_export_config,
+)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -89,7 +94,7 @@ def export_gguf(directory: str | os.PathLike, out_path: str | os.PathLike, gguf_
     if gguf_type not in GGUF_TYPES:
         raise UserError("type", f"expected one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     directory = Path(directory)
-    config, flags = read_export_config(directory)
+    config, flags = gguf_config(directory)
     layers = plan_layers(flags)
     vocab = read_vocab(directory, config.vocab_size)
     tensors = plan_tensors(config, layers, _Weights(directory), gguf_type)
@@ -119,36 +124,25 @@ def export_gguf(directory: str | os.PathLike, out_path: str | os.PathLike, gguf_
     return out
 
 
-def read_export_config(directory: Path) -> tuple[PretrainedConfig, list[tuple[bool, bool]]]:
+def gguf_config(directory: Path) -> tuple[PretrainedConfig, list[tuple[bool, bool]]]:
     """The base architecture's transformers config of an export, and its per-layer
-    (attention no-op, ffn no-op) flags."""
+    (attention no-op, ffn no-op) flags (none in a plain export)."""
     from transformers import AutoConfig
 
-    path = directory / "config.json"
-    if not path.is_file():
-        raise UserError("dir", f"{directory} is not a BlockPrune export (no config.json)")
-    try:
-        fields = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError("config.json", f"{path} is not valid JSON: {err}") from err
-    if not isinstance(fields, dict) or fields.get("model_type") != MODEL_TYPE:
-        model_type = fields.get("model_type") if isinstance(fields, dict) else None
-        raise UserError(
-            "dir", f"{directory} is not a BlockPrune export (config.json model_type {model_type!r})"
-        )
-    base_type = fields.get("base_model_type")
-    if base_type not in BASE_MODEL_TYPES:
+    export = read_export_config(directory)
+    if export.base_type not in BASE_MODEL_TYPES:
         raise UserError(
             "base_model_type",
-            f"{base_type!r} cannot be written to GGUF; supported: {', '.join(BASE_MODEL_TYPES)}",
+            f"{export.base_type!r} cannot be written to GGUF; supported: "
+            f"{', '.join(BASE_MODEL_TYPES)}",
             ErrorCode.UNSUPPORTED_ARCHITECTURE,
         )
-    block_configs = fields.pop("block_configs", None)
-    for key in ("model_type", "base_model_type", "auto_map", "architectures"):
-        fields.pop(key, None)
     try:
-        config = AutoConfig.for_model(base_type, **fields)
-        flags = block_config_flags(block_configs, config.num_hidden_layers)
+        config = AutoConfig.for_model(export.base_type, **export.fields)
+        if export.plain:
+            flags = [(False, False)] * config.num_hidden_layers
+        else:
+            flags = block_config_flags(export.block_configs, config.num_hidden_layers)
     except (TypeError, ValueError) as err:
         raise UserError("config.json", str(err), ErrorCode.BAD_CONFIG) from err
     if getattr(config, "hidden_act", "silu") != "silu":

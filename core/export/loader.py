@@ -14,13 +14,15 @@ from safetensors.torch import load_file
 from contract import UserError
 from core.blocks import SUPPORTED_MODEL_TYPES
 from core.export.hf_modeling_template import apply_block_configs, block_config_flags
-from core.export.modeling_code import MODEL_TYPE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, tied_names
+from core.export.modeling_code import (
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+    read_export_config,
+    tied_names,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-# config.json keys that belong to the pruned wrapper, not to the base architecture
-_WRAPPER_KEYS = ("model_type", "base_model_type", "block_configs", "auto_map", "architectures")
 
 
 def load_pruned(
@@ -28,28 +30,22 @@ def load_pruned(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> PreTrainedModel:
-    """Load an export as the stock transformers class of its base architecture, with the same
-    no-op blocks as its modeling code, and every stored weight loaded (missing or unexpected
-    weights are an error). Runs no code from the directory and never unpickles."""
+    """Load an export (either layout) as the stock transformers class of its base architecture,
+    with the same no-op blocks as its modeling code, and every stored weight loaded (missing or
+    unexpected weights are an error). Runs no code from the directory and never unpickles."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     directory = Path(directory)
-    fields = _read_json(directory / "config.json", "config.json")
-    if fields.get("model_type") != MODEL_TYPE:
+    export = read_export_config(directory)
+    if export.base_type not in SUPPORTED_MODEL_TYPES:
         raise UserError(
             "config.json",
-            f"model_type is {fields.get('model_type')!r}: not a BlockPrune export",
+            f"base model type {export.base_type!r} is not one of {SUPPORTED_MODEL_TYPES}",
         )
-    base_type, block_configs = fields.get("base_model_type"), fields.get("block_configs")
-    if base_type not in SUPPORTED_MODEL_TYPES:
-        raise UserError(
-            "config.json", f"base_model_type {base_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
-        )
-    for key in _WRAPPER_KEYS + ("transformers_version",):
-        fields.pop(key, None)
     try:
-        base_config = AutoConfig.for_model(base_type, **fields)
-        block_config_flags(block_configs, base_config.num_hidden_layers)
+        base_config = AutoConfig.for_model(export.base_type, **export.fields)
+        if not export.plain:
+            block_config_flags(export.block_configs, base_config.num_hidden_layers)
     except (TypeError, ValueError) as err:
         raise UserError("config.json", str(err)) from err
     if dtype is None:
@@ -59,7 +55,8 @@ def load_pruned(
         model = AutoModelForCausalLM.from_config(base_config, dtype=dtype)
     if getattr(base_config, "tie_word_embeddings", False):
         model.tie_weights()
-    apply_block_configs(model, block_configs)
+    if not export.plain:
+        apply_block_configs(model, export.block_configs)
     _load_weights_strictly(model, directory, device)
     return model.eval()
 

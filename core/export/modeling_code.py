@@ -1,4 +1,12 @@
-"""The files of an export and the modeling code that ships in it (shared by writer and loader).
+"""The files of an export, the modeling code that ships in it, and its config (shared by the
+writer and the loaders).
+
+An export has one of two layouts. The general one is model type "blockprune": the base
+architecture's config plus `block_configs` (which blocks of each kept layer are no-ops), loaded
+by stock transformers through the shipped modeling code (`trust_remote_code=True`) or by
+core.export.load_pruned. When only whole layers were removed, the export is plain: the base
+architecture's own model type with fewer layers, which every loader of that architecture reads
+without remote code; its pruning.json says what was removed.
 
 `modeling_blockprune.py` is `hf_modeling_template.py`, read as source, with its base imports
 rewritten for the pruned model's architecture: stock transformers loads it with
@@ -7,8 +15,10 @@ rewritten for the pruned model's architecture: stock transformers loads it with
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -58,3 +68,69 @@ def tied_names(model: torch.nn.Module) -> set[str]:
     leaves them out of the weight files, and the loader expects them to be absent."""
     every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     return every - {name for name, _ in model.named_parameters()}
+
+
+# ---- an export's config: the general layout or the plain one ---------------------------------
+# Per-layer config fields that follow the kept layers: lists with one entry per layer, and lists
+# of layer indices (renumbered). Others are derived from these by the config classes.
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
+LAYER_INDEX_LISTS = ("mlp_only_layers",)
+# config.json keys of the general layout's wrapper, not of the base architecture
+WRAPPER_KEYS = ("model_type", "base_model_type", "block_configs", "auto_map", "architectures")
+
+
+def per_layer_fields(config: dict, kept_layers: list[int]) -> dict:
+    """`config`'s per-layer fields for the model of `kept_layers` only (in their order)."""
+    out: dict[str, Any] = {"num_hidden_layers": len(kept_layers)}
+    for key in PER_LAYER_LISTS:
+        if isinstance(config.get(key), list):
+            out[key] = [config[key][i] for i in kept_layers]
+    for key in LAYER_INDEX_LISTS:
+        if isinstance(config.get(key), list):
+            out[key] = [j for j, i in enumerate(kept_layers) if i in config[key]]
+    return out
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """An export's config.json read back: the base architecture and its config fields, and the
+    per-layer no-op entries of the general layout (None: a plain export, every layer whole)."""
+
+    base_type: str
+    fields: dict
+    block_configs: list | None
+
+    @property
+    def plain(self) -> bool:
+        return self.block_configs is None
+
+
+def read_export_config(directory: Path) -> ExportConfig:
+    """What loaders of an export (core.export.loader, GGUF) need from its config.json: a
+    "blockprune" model type is the general layout; another, beside a pruning.json, a plain one."""
+    path = directory / "config.json"
+    try:
+        fields = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError("dir", f"{directory} is not a BlockPrune export (no config.json)") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError("config.json", f"{path} is not valid JSON: {err}") from err
+    if not isinstance(fields, dict):
+        raise UserError("config.json", f"{path} does not hold a JSON object")
+    model_type = fields.get("model_type")
+    if model_type == MODEL_TYPE:
+        base_type, block_configs = fields.get("base_model_type"), fields.get("block_configs")
+        if block_configs is None:
+            raise UserError("config.json", "block_configs is missing")
+    elif (directory / PRUNING_FILE).is_file() and "block_configs" not in fields:
+        base_type, block_configs = model_type, None
+    else:
+        raise UserError(
+            "config.json",
+            f"model_type is {model_type!r}, with block_configs or without {PRUNING_FILE}: "
+            "not a BlockPrune export",
+        )
+    if not isinstance(base_type, str):
+        raise UserError("config.json", f"base model type {base_type!r} is not a name")
+    base = {k: v for k, v in fields.items() if k not in WRAPPER_KEYS + ("transformers_version",)}
+    return ExportConfig(base_type, base, block_configs)

@@ -37,6 +37,7 @@ from core.export.modeling_code import (
     MODELING_FILE,
     PRUNING_FILE,
     WEIGHTS_INDEX_FILE,
+    per_layer_fields,
     render_modeling_code,
     tied_names,
 )
@@ -65,6 +66,7 @@ def export_pruned(
     search: dict | None = None,
     evaluation: dict | None = None,
     healing: dict | None = None,
+    general: bool = False,
 ) -> Path:
     """Write the original (unpruned) `model` with the `removed` blocks taken out to `out_dir`.
 
@@ -74,6 +76,9 @@ def export_pruned(
     `healing` what core.heal folded into the weights (the model's weights are written as they
     are: healed inside `core.heal.applied`); `evaluation` a core.evaluation report, written
     as report.json and evaluation.svg and summed up in the model card.
+    When only whole layers were removed the export is plain (the base architecture with fewer
+    layers, no remote code: core.export.modeling_code), unless `general` asks for the general
+    layout (model type "blockprune") anyway.
     The directory appears complete or not at all; an existing non-empty one is refused unless
     `overwrite`. Returns the directory's path."""
     block_model = BlockModel(model)
@@ -94,6 +99,8 @@ def export_pruned(
     ]
     every_layer = layer_block_configs(block_model.num_layers, removed_set)
     block_configs = [every_layer[i] for i in kept_layers]
+    whole_layers = all(not any(c[k]["no_op"] for k in c) for c in block_configs)
+    layout = "plain" if whole_layers and not general else "general"
     tensors = _kept_tensors(block_model, removed_set, kept_layers)
     try:
         split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
@@ -106,6 +113,7 @@ def export_pruned(
     pruning = {
         "engine_version": core.__version__,
         "method": method,
+        "layout": layout,
         **({"search": search} if search is not None else {}),
         "base_model": source if source is not None else _default_source(model),
         "base_model_type": model.config.model_type,
@@ -122,7 +130,10 @@ def export_pruned(
         "seed": seed,
         **({"healing": healing} if healing is not None else {}),
     }
-    config = _pruned_config(model, kept_layers, block_configs)
+    if layout == "plain":
+        config = _plain_config(model, kept_layers)
+    else:
+        config = _pruned_config(model, kept_layers, block_configs)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -133,7 +144,8 @@ def export_pruned(
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
-        (tmp / MODELING_FILE).write_text(modeling_code)
+        if layout == "general":
+            (tmp / MODELING_FILE).write_text(modeling_code)
         _write_json(tmp / PRUNING_FILE, pruning)
         card = render_model_card(pruning, weights_dir=out.name, evaluation=evaluation)
         (tmp / "README.md").write_text(card)
@@ -232,19 +244,24 @@ def _kept_tensors(
     return tensors
 
 
+def _plain_config(model: PreTrainedModel, kept_layers: list[int]) -> dict:
+    """The base architecture's config for the kept layers: what a plain export loads as."""
+    config = model.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "auto_map"):
+        config.pop(key, None)
+    config.update(per_layer_fields(config, kept_layers))
+    config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    config["architectures"] = [type(model).__name__]
+    return config
+
+
 def _pruned_config(
     model: PreTrainedModel, kept_layers: list[int], block_configs: list[dict]
 ) -> dict:
-    config = model.config.to_dict()
-    for key in ("_name_or_path", "transformers_version"):
-        config.pop(key, None)
+    config = _plain_config(model, kept_layers)
     config["base_model_type"] = config["model_type"]
     config["model_type"] = MODEL_TYPE
-    config["num_hidden_layers"] = len(kept_layers)
-    if config.get("layer_types") is not None:
-        config["layer_types"] = [config["layer_types"][i] for i in kept_layers]
     config["block_configs"] = block_configs
-    config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     config["architectures"] = ["BlockPrunedForCausalLM"]
     module = Path(MODELING_FILE).stem
     config["auto_map"] = {
