@@ -1,6 +1,7 @@
-"""A Llama-family decoder seen as a chain of residual blocks.
+"""A decoder seen as a chain of residual blocks.
 
-Layer i of a decoder is two blocks, each a residual branch:
+Layer i of a decoder is two blocks, each a residual branch (in a pre-norm family such as Llama;
+core.families has where each family keeps a block's norms):
 
     ("mha", i):  h = h + self_attn(input_layernorm(h))
     ("mlp", i):  h = h + mlp(post_attention_layernorm(h))
@@ -13,6 +14,7 @@ what lets the search restart a candidate from cached activations instead of from
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,35 +25,38 @@ from torch import nn
 from contract import BLOCK_KINDS, BLOCK_TYPES, ErrorCode, UserError
 from contract.blocks import Block
 from contract.memory import LOGITS_CHUNK_BYTES
+from core.families import SUPPORTED_MODEL_TYPES, WINDOW_ON_EVERY_LAYER, Family, family_of
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+__all__ = ["SUPPORTED_MODEL_TYPES", "BlockModel", "check_architecture"]
 
 
-def check_architecture(model: nn.Module) -> None:
-    """Fail clearly on anything that is not a Llama-family decoder with the four layer parts."""
+def check_architecture(model: nn.Module) -> Family:
+    """The family of `model`; a clear error for anything that is not a supported decoder with
+    its family's layer parts."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    family = family_of(model_type)
     layers = getattr(getattr(model, "model", None), "layers", None)
-    parts = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+    parts = family.attention.names + family.mlp.names
     if (
-        model_type not in SUPPORTED_MODEL_TYPES
-        or layers is None
+        layers is None
         or not all(hasattr(layer, p) for layer in layers for p in parts)
         or not hasattr(model.model, "rotary_emb")
     ):
         raise UserError(
             "model",
-            f"architecture {model_type!r} is not supported; supported: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (decoders whose layers have "
-            "self_attn, mlp, input_layernorm and post_attention_layernorm)",
+            f"a {model_type} model whose layers lack {', '.join(parts)}: not a layout that "
+            "BlockPrune knows",
             code=ErrorCode.UNSUPPORTED_ARCHITECTURE,
         )
+    return family
 
 
 class BlockModel:
-    """Runs a Hugging Face Llama-family causal LM block by block, with any set of blocks removed."""
+    """Runs a Hugging Face decoder (core.families) block by block, with any set of blocks
+    removed."""
 
     def __init__(self, model: nn.Module) -> None:
-        check_architecture(model)
+        self.family = check_architecture(model)
         # Any: transformers' module attributes (model.model.layers, config) are untyped for mypy
         hf: Any = model
         self.model: Any = hf.eval()
@@ -78,11 +83,14 @@ class BlockModel:
         kinds = BLOCK_KINDS if block_types == "mix" else (block_types,)
         return [Block(kind=k, layer=i) for k in kinds for i in range(self.num_layers)]
 
-    def block_modules(self, block: Block) -> tuple[Any, Any]:
+    def block_modules(self, block: Block) -> tuple[Any, ...]:
+        """The block's branch, then its norms (one, or two around a sandwich)."""
         layer = self.layers[block.layer]
-        if block.kind == "mha":
-            return layer.input_layernorm, layer.self_attn
-        return layer.post_attention_layernorm, layer.mlp
+        return tuple(getattr(layer, name) for name in self.family.parts(block.kind).names)
+
+    def branch(self, block: Block) -> Any:
+        """The block's branch module: its attention or its MLP (a sparse block in a MoE)."""
+        return getattr(self.layers[block.layer], self.family.parts(block.kind).branch)
 
     def block_params(self, block: Block) -> int:
         return sum(p.numel() for m in self.block_modules(block) for p in m.parameters())
@@ -107,14 +115,19 @@ class BlockModel:
 
     # ---- forward pieces ---------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.model.embed_tokens(input_ids)
+        embeddings = self.model.model.embed_tokens
+        h = embeddings(input_ids)
+        if self.family.scale_embeddings and not hasattr(embeddings, "embed_scale"):
+            # Gemma 2 in transformers 4: the model's forward scales, in the embeddings' dtype
+            h = h * torch.tensor(self.config.hidden_size**0.5, dtype=h.dtype)
+        return h
 
     def _sliding_window(self, layer: int) -> int | None:
         window = getattr(self.config, "sliding_window", None)
         layer_types = getattr(self.config, "layer_types", None)
         if layer_types is not None:
             return window if layer_types[layer] == "sliding_attention" else None
-        if self.config.model_type == "mistral":  # Mistral applies its window on every layer
+        if self.config.model_type in WINDOW_ON_EVERY_LAYER:
             return window
         return None
 
@@ -131,26 +144,43 @@ class BlockModel:
             self._masks[key] = mask.to(h.device).masked_fill(allowed, 0.0)[None, None]
         return self._masks[key]
 
-    def _rotary(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (h.shape[1], h.device, h.dtype)
+    def _rotary(self, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary embedding of `layer`: one for the model, or (Gemma 3) one per layer type,
+        as a second module in transformers 4 and as an argument in 5."""
+        layer_types = getattr(self.config, "layer_types", None)
+        layer_type = layer_types[layer] if layer_types is not None else None
+        rotary = self.model.model.rotary_emb  # on the first device of a spread model
+        local = getattr(self.model.model, "rotary_emb_local", None)
+        if local is not None and layer_type == "sliding_attention":
+            rotary = local
+        by_type = "layer_type" in inspect.signature(rotary.forward).parameters
+        key = (h.shape[1], h.device, h.dtype, id(rotary), layer_type if by_type else None)
         if key not in self._rope:
-            rotary = self.model.model.rotary_emb  # on the first device of a spread model
-            at = rotary.inv_freq.device
-            cos, sin = rotary(h.to(at), torch.arange(h.shape[1], device=at)[None])
+            at = next(rotary.buffers()).device
+            args = (layer_type,) if by_type else ()
+            cos, sin = rotary(h.to(at), torch.arange(h.shape[1], device=at)[None], *args)
             self._rope[key] = (cos.to(h.device), sin.to(h.device))
         return self._rope[key]
 
     def run_block(self, position: int, h: torch.Tensor) -> torch.Tensor:
         block = Block.at(position)
-        norm, branch = self.block_modules(block)
+        parts = self.family.parts(block.kind)
+        layer = self.layers[block.layer]
         h = h.to(self._devices[position])  # a no-op unless the model spans devices
+        x = getattr(layer, parts.pre)(h) if parts.pre is not None else h
+        branch = getattr(layer, parts.branch)
         if block.kind == "mlp":
-            return h + branch(norm(h))
-        out = branch(
-            hidden_states=norm(h),
-            position_embeddings=self._rotary(h),
-            attention_mask=self._mask(h, block.layer),
-        )[0]
+            out = branch(x)
+        else:
+            out = branch(
+                hidden_states=x,
+                position_embeddings=self._rotary(h, block.layer),
+                attention_mask=self._mask(h, block.layer),
+            )
+        if isinstance(out, tuple):  # attention's (output, weights); transformers 4's MoE's
+            out = out[0]
+        if parts.post is not None:
+            out = getattr(layer, parts.post)(out)
         return h + out
 
     @torch.inference_mode()
@@ -174,7 +204,11 @@ class BlockModel:
     @torch.inference_mode()
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.model.model.norm(h.to(self.device_at(self.num_positions)))
-        return self.model.lm_head(h.to(_device_of(self.model.lm_head)))
+        logits = self.model.lm_head(h.to(_device_of(self.model.lm_head)))
+        cap = getattr(self.config, "final_logit_softcapping", None)  # Gemma 2
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     @torch.inference_mode()
     def sequence_nll(self, h: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from contract import Block
+from contract import Block, UserError
 from core.blocks import BlockModel
 
 RIDGE = 1e-3  # of the mean eigenvalue of y's second moment: pulls T towards the identity
@@ -59,8 +59,16 @@ def spans(bm: BlockModel, removed: Sequence[Block]) -> list[list[int]]:
 
 def output_projection(bm: BlockModel, block: Block) -> nn.Linear:
     """The linear layer that writes `block`'s branch output into the residual stream."""
-    _, branch = bm.block_modules(block)
-    return branch.o_proj if block.kind == "mha" else branch.down_proj
+    branch = bm.branch(block)
+    linear = getattr(branch, "o_proj" if block.kind == "mha" else "down_proj", None)
+    if not isinstance(linear, nn.Linear) or bm.family.parts(block.kind).post is not None:
+        raise UserError(
+            "heal",
+            f"healing folds its map into the output projection of the block before a removed "
+            f"span; {block} of this {bm.config.model_type} model has no plain one "
+            "(a mixture of experts, or a norm after the branch)",
+        )
+    return linear
 
 
 @torch.inference_mode()

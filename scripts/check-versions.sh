@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TESTS=(tests/test_export.py tests/test_blocks.py tests/test_activations.py tests/test_search.py
   tests/test_racing.py tests/test_methods.py tests/test_models.py tests/test_calibration.py
-  tests/test_portable_files.py)
+  tests/test_portable_files.py tests/test_families.py tests/test_export_plain.py)
 PY=${PYTHON:-python3}
 scratch=${SCRATCH:-$(mktemp -d)}
 [ -n "${SCRATCH:-}" ] || trap 'rm -rf "$scratch"' EXIT

@@ -43,15 +43,41 @@ def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab: int =
             {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1},
         ),
     }
-    config_cls, model_cls, extra = families[arch]
     torch.manual_seed(seed)
-    model = model_cls(config_cls(**common, **extra)).eval()
+    if arch in families:
+        config_cls, model_cls, extra = families[arch]
+        model = model_cls(config_cls(**common, **extra)).eval()
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        config = AutoConfig.for_model(arch, **common, **ids, **MORE_FAMILIES[arch])
+        model = AutoModelForCausalLM.from_config(config).eval()
     # Random init gives near-uniform logits; scale up so perplexities differ between blocks.
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() == 2:
+            if p.dim() >= 2:  # matrices, and the experts' stacked matrices of a MoE
                 p.mul_(4.0)
     return model
+
+
+# core.families beyond the first four, by model type: what each needs to exercise its quirks.
+MORE_FAMILIES: dict[str, dict] = {
+    "phi3": {},  # fused qkv_proj and gate_up_proj
+    "gemma2": {"sliding_window": 6},  # sandwich norms, soft-capping, alternating windows
+    "gemma3_text": {"sliding_window": 6, "sliding_window_pattern": 2},  # local/global rotary
+    "olmo2": {},  # norms after the branches
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 6},
+    "qwen2_moe": {  # a shared expert; layer 1 a dense MLP
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "shared_expert_intermediate_size": 32,
+        "mlp_only_layers": [1],
+    },  # fmt: skip
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16},
+}
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 
 def tiny_ids(n: int = 6, t: int = 16, vocab: int = 97, seed: int = 1) -> torch.Tensor:

@@ -1,13 +1,14 @@
-"""Modeling code for a block-pruned Llama-family causal LM (written by BlockPrune's export).
+"""Modeling code for a block-pruned decoder causal LM (written by BlockPrune's export).
 
 The model is the base architecture with some residual blocks made no-ops, described per layer by
 `config.block_configs`, a list of ``{"attention": {"no_op": bool}, "ffn": {"no_op": bool}}``
 (the convention of NVIDIA's Nemotron-NAS and vLLM's heterogeneous-model loaders):
 
-- a no-op attention block returns zeros and its `input_layernorm` is the identity, so the layer
-  adds exactly nothing to the residual stream (h + 0 == h) and stores nothing in the KV cache
-  (its slot only counts the tokens, see `_track_length`);
-- a no-op ffn block does the same with `mlp` and `post_attention_layernorm`.
+- a no-op attention block returns zeros and its norms (`input_layernorm` in a pre-norm family;
+  BLOCK_PARTS has the names) are the identity, so the layer adds exactly nothing to the residual
+  stream (h + 0 == h) and stores nothing in the KV cache (its slot only counts the tokens, see
+  `_track_length`);
+- a no-op ffn block does the same with `mlp` and its norms.
 
 Kept blocks keep their module names, so weights load under the base model's parameter names.
 
@@ -27,6 +28,11 @@ from transformers.models.llama.configuration_llama import LlamaConfig as BaseCon
 from transformers.models.llama.modeling_llama import LlamaForCausalLM as BaseForCausalLM
 
 BASE_MODEL_TYPE = "llama"
+# Each block's branch, then its norms, by attribute name in a decoder layer (core.families)
+BLOCK_PARTS = {
+    "attention": ("self_attn", "input_layernorm"),
+    "ffn": ("mlp", "post_attention_layernorm"),
+}
 # END BASE IMPORTS
 
 BLOCK_KEYS = ("attention", "ffn")
@@ -75,9 +81,16 @@ def _track_length(cache: Any, layer_idx: int, hidden_states: torch.Tensor) -> No
 class NoOpAttention(nn.Module):
     """Stands in for a removed self-attention block: its branch adds zeros to the residual."""
 
-    def __init__(self, layer_idx: int) -> None:
+    # What some decoder layers read off their attention (Gemma 3 in transformers 4 picks its
+    # rotary embedding by `is_sliding`): kept from the attention it stands in for.
+    COPIED = ("is_sliding", "sliding_window", "attention_type", "layer_type")
+
+    def __init__(self, layer_idx: int, replaced: Any = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        for name in self.COPIED:
+            if hasattr(replaced, name):
+                setattr(self, name, getattr(replaced, name))
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -93,17 +106,21 @@ class NoOpMLP(nn.Module):
         return torch.zeros_like(hidden_states)
 
 
-def apply_block_configs(model: Any, block_configs: object) -> None:
-    """Replace the no-op blocks of a base-architecture causal LM in place."""
+def apply_block_configs(model: Any, block_configs: object, parts: dict | None = None) -> None:
+    """Replace the no-op blocks of a base-architecture causal LM in place: each no-op block's
+    branch by a no-op module and its norms by the identity. `parts`: BLOCK_PARTS's shape, for
+    the model's family (default: this file's)."""
+    parts = parts or BLOCK_PARTS
     layers = model.model.layers
     flags = block_config_flags(block_configs, len(layers))
-    for idx, (layer, (attention_no_op, ffn_no_op)) in enumerate(zip(layers, flags, strict=True)):
-        if attention_no_op:
-            layer.self_attn = NoOpAttention(idx)
-            layer.input_layernorm = nn.Identity()
-        if ffn_no_op:
-            layer.mlp = NoOpMLP()
-            layer.post_attention_layernorm = nn.Identity()
+    for idx, (layer, no_ops) in enumerate(zip(layers, flags, strict=True)):
+        for key, no_op in zip(BLOCK_KEYS, no_ops, strict=True):
+            if no_op:
+                branch, *norms = parts[key]
+                old = getattr(layer, branch)
+                setattr(layer, branch, NoOpAttention(idx, old) if key == "attention" else NoOpMLP())
+                for norm in norms:
+                    setattr(layer, norm, nn.Identity())
 
 
 class BlockPrunedConfig(BaseConfig):

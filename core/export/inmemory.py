@@ -30,14 +30,13 @@ def pruned_view(model: Any, removed: Iterable[Block]) -> Iterator[Any]:
     """`model` with the `removed` blocks made no-ops inside the `with`, restored after (also on
     an error). The weights are not copied: a 7B model needs no second copy to be evaluated."""
     bm = BlockModel(model)
-    saved = [
-        (layer.self_attn, layer.input_layernorm, layer.mlp, layer.post_attention_layernorm)
-        for layer in bm.layers
-    ]
-    apply_block_configs(model, block_configs(bm.num_layers, removed))
+    parts = bm.family.export_parts()
+    names = [name for key in parts for name in parts[key]]
+    saved = [{name: getattr(layer, name) for name in names} for layer in bm.layers]
+    apply_block_configs(model, block_configs(bm.num_layers, removed), parts)
     try:
         yield model
     finally:
-        for layer, (attn, attn_norm, mlp, mlp_norm) in zip(bm.layers, saved, strict=True):
-            layer.self_attn, layer.input_layernorm = attn, attn_norm
-            layer.mlp, layer.post_attention_layernorm = mlp, mlp_norm
+        for layer, modules in zip(bm.layers, saved, strict=True):
+            for name, module in modules.items():
+                setattr(layer, name, module)

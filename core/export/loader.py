@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from contract import UserError
-from core.blocks import SUPPORTED_MODEL_TYPES
 from core.export.hf_modeling_template import apply_block_configs, block_config_flags
 from core.export.modeling_code import (
     WEIGHTS_FILE,
@@ -20,6 +19,7 @@ from core.export.modeling_code import (
     read_export_config,
     tied_names,
 )
+from core.families import SUPPORTED_MODEL_TYPES, family_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -42,6 +42,7 @@ def load_pruned(
             "config.json",
             f"base model type {export.base_type!r} is not one of {SUPPORTED_MODEL_TYPES}",
         )
+    family_of(export.base_type)  # a clear error where this transformers cannot run it
     try:
         base_config = AutoConfig.for_model(export.base_type, **export.fields)
         if not export.plain:
@@ -56,7 +57,7 @@ def load_pruned(
     if getattr(base_config, "tie_word_embeddings", False):
         model.tie_weights()
     if not export.plain:
-        apply_block_configs(model, export.block_configs)
+        apply_block_configs(model, export.block_configs, family_of(export.base_type).export_parts())
     _load_weights_strictly(model, directory, device)
     return model.eval()
 
