@@ -53,6 +53,7 @@ class JobOptions(BaseModel):
     webhook_url: AnyHttpUrl | None = Field(None, description="receives the final state, signed")
     parallelism: int | None = Field(
         None,
+        strict=True,
         ge=1,
         le=64,
         description="shares per search iteration, scored by as many workers at once (default: "

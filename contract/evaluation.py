@@ -43,10 +43,15 @@ class EvaluationSpec(BaseModel):
         description="zero-shot tasks of lm-evaluation-harness (e.g. piqa, arc_easy); on the CLI "
         "also a local task .yaml; needs the [eval] extra",
     )
-    speed: bool = Field(False, description="prefill and decode tokens/s, peak memory, parameters")
-    seq_len: int = Field(256, ge=2, le=131072, description="tokens per perplexity window")
+    speed: bool = Field(
+        False, strict=True, description="prefill and decode tokens/s, peak memory, parameters"
+    )
+    seq_len: int = Field(
+        256, strict=True, ge=2, le=131072, description="tokens per perplexity window"
+    )
     stride: int | None = Field(
         None,
+        strict=True,
         ge=1,
         le=131072,
         description="tokens between window starts (default seq_len: disjoint windows); a smaller "
@@ -54,12 +59,13 @@ class EvaluationSpec(BaseModel):
     )
     max_tokens: int | None = Field(
         65536,
+        strict=True,
         ge=2,
         le=1 << 26,
         description="perplexity over at most this many tokens of each source (None: all)",
     )
     task_limit: int | None = Field(
-        None, ge=1, le=100000, description="examples per task (default: all)"
+        None, strict=True, ge=1, le=100000, description="examples per task (default: all)"
     )
 
     @model_validator(mode="after")

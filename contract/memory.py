@@ -56,6 +56,7 @@ class ModelShape:
     vocab: int
     tied: bool
     attn_bias: bool  # Qwen2 has q/k/v biases
+    max_positions: int | None = None  # max_position_embeddings: the longest sequence it takes
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
@@ -72,9 +73,40 @@ class ModelShape:
                 tied=bool(config.get("tie_word_embeddings", False)),
                 attn_bias=config.get("model_type") == "qwen2"
                 or bool(config.get("attention_bias", False)),
+                max_positions=(
+                    int(config["max_position_embeddings"])
+                    if config.get("max_position_embeddings")
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UserError("model", f"config.json lacks a usable {e} for planning") from None
+
+    def problem(self, spec: JobSpec) -> tuple[str, str] | None:
+        """(field, message) for a spec this model cannot take (checked before any memory is
+        planned or allocated): sequences longer than its positions, more blocks than it has."""
+        longest = self.max_positions
+        lengths = [("seq_len", spec.seq_len)]
+        if spec.evaluation is not None:
+            lengths.append(("evaluation.seq_len", spec.evaluation.seq_len))
+        for name, length in lengths:
+            if longest is not None and length > longest:
+                return name, (
+                    f"must be at most the model's {longest:,} positions "
+                    f"(max_position_embeddings), got {length:,}"
+                )
+        blocks = self.num_layers * (2 if spec.block_types == "mix" else 1)
+        if spec.num_blocks is not None and spec.num_blocks > blocks:
+            return "num_blocks", (
+                f"must be at most the model's {blocks:,} {spec.block_types} blocks "
+                f"({self.num_layers} layers), got {spec.num_blocks:,}"
+            )
+        return None
+
+    def check(self, spec: JobSpec) -> None:
+        problem = self.problem(spec)
+        if problem is not None:
+            raise UserError(*problem)
 
     # ---- parameters ------------------------------------------------------------------------
     def mha_params(self) -> int:

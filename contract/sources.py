@@ -16,6 +16,7 @@ BUILTIN_MODEL_CONFIGS = {
         "head_dim": 64,
         "vocab_size": 49152,
         "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
     },
 }
 # Python's own documentation text, offline; "-heldout" reads it from the other end, so that an

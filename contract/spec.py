@@ -88,22 +88,34 @@ class JobSpec(BaseModel):
         "lowest calibration PPL at a param_ratio budget (evolutionary search)",
     )
     num_blocks: int | None = Field(
-        None, ge=1, description="blocks to remove (a layer method removes num_blocks/2 layers)"
+        None,
+        strict=True,
+        ge=1,
+        description="blocks to remove (a layer method removes num_blocks/2 layers)",
     )
     param_ratio: float | None = Field(
-        None, gt=0, lt=1, description="or: remove blocks up to this fraction of the parameters"
+        None,
+        strict=True,
+        gt=0,
+        lt=1,
+        description="or: remove blocks up to this fraction of the parameters",
     )
     block_types: BlockTypes = Field("mix", description="which blocks may be removed")
     # Small defaults: the embedded default job runs in minutes on 2 CPU cores.
-    samples: int = Field(8, ge=1, le=65536, description="calibration sequences")
-    seq_len: int = Field(64, ge=2, le=131072, description="tokens per calibration sequence")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="shuffles .jsonl rows; seeds evo's search")
+    samples: int = Field(8, strict=True, ge=1, le=65536, description="calibration sequences")
+    seq_len: int = Field(
+        64, strict=True, ge=2, le=131072, description="tokens per calibration sequence"
+    )
+    seed: int = Field(
+        0, strict=True, ge=0, le=2**32 - 1, description="shuffles .jsonl rows; seeds evo's search"
+    )
     dtype: Dtype = Field("float32", description="the model's dtype during the search")
     text_field: CleanStr = Field(
         "text", min_length=1, max_length=128, description="the text key of .jsonl rows"
     )
     batch_size: int | None = Field(
         None,
+        strict=True,
         ge=1,
         description="sequences per forward chunk (default: all at once); "
         "changes speed and memory, never the result",
@@ -123,6 +135,7 @@ class JobSpec(BaseModel):
     )
     race_slice: int | None = Field(
         None,
+        strict=True,
         ge=1,
         le=65536,
         description="racing: sequences in the first slice; later stages double it (default: "
@@ -130,6 +143,7 @@ class JobSpec(BaseModel):
     )
     race_margin: float | None = Field(
         None,
+        strict=True,
         ge=0,
         le=1000,
         description="racing: how many standard errors of its NLL difference to the leader a "
@@ -139,11 +153,13 @@ class JobSpec(BaseModel):
 
     heal: bool = Field(
         False,
+        strict=True,
         description="after the search, fold a least-squares linear map per removed span into "
         "the weights that stay (training-free; the export stays a model of the same shape)",
     )
     general_export: bool = Field(
         False,
+        strict=True,
         description="export as model type blockprune (with its modeling code) even when only "
         "whole layers were removed; by default such a result exports as the base architecture "
         "with fewer layers, which loads without remote code",

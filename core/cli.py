@@ -282,6 +282,7 @@ def print_plan(spec: JobSpec, device: str, tflops: float | None = None) -> None:
 
     devices = parse_devices(device)
     shape = read_shape(locate_model(spec.model).config_dir)  # an hf: model's weights stay put
+    shape.check(spec)  # before anything the shape sizes is allocated
     cap = capacity(devices)
     if tflops is None:
         rates = measured_flops(devices[0], DTYPES[spec.dtype], shape, spec.seq_len)

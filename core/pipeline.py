@@ -139,6 +139,7 @@ def prepare_job(
     devices = parse_devices(device)
     source = locate_model(model_path or spec.model, cache_dir, max_weight_bytes)
     shape = read_shape(source.config_dir)
+    shape.check(spec)  # a sequence or a target the model cannot take: before its weights load
     cap = capacity(devices)
     budget, host_budget, plan = choose_budget(shape, spec, cap, machine_budget)
     if on_plan is not None:

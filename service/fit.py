@@ -1,4 +1,5 @@
-"""Will a job's search fit the worker pool? Checked at submit, before anything is queued.
+"""Can the model take a job, and will its search fit the worker pool? Checked at submit, before
+anything is queued.
 
 The operator declares each worker's device memory (BLOCKPRUNE_WORKER_MEMORY); the arithmetic is
 the planner's (contract.memory), on the model's config.json: the builtin models' shapes are
@@ -42,17 +43,22 @@ def check_bounds(settings: Settings, spec: JobSpec) -> None:
 
 
 def check_fits(settings: Settings, spec: JobSpec, model_source: str) -> None:
-    """A UserError (does_not_fit, with the sums) for a search the pool cannot hold.
+    """A UserError for a spec the model cannot take (ModelShape.problem: sequence length,
+    blocks), then (does_not_fit, with the sums) for a search the pool cannot hold.
     `model_source` is the resolved model: builtin:, hf: or an s3:// prefix."""
-    if settings.worker_memory is None:
-        return
+    if settings.worker_memory is None and not model_source.startswith("builtin:"):
+        return  # an S3 model's config costs a request: the worker checks its shape first thing
     config = _config(settings, model_source, spec.model)
     if config is None:
+        return
+    shape = ModelShape.from_config(config)
+    shape.check(spec)
+    if settings.worker_memory is None:
         return
     free = int(settings.worker_memory * (1 - HEADROOM))
     kind = "cpu" if settings.device == "cpu" else "cuda"  # auto: plan for a GPU's context
     capacity = Capacity("a worker (BLOCKPRUNE_WORKER_MEMORY)", free, kind=kind)
-    choose_budget(ModelShape.from_config(config), spec, capacity, settings.cache_budget)
+    choose_budget(shape, spec, capacity, settings.cache_budget)
 
 
 def _config(settings: Settings, source: str, shown_as: str) -> dict[str, Any] | None:

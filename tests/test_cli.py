@@ -166,7 +166,10 @@ def test_prune_options_are_exactly_the_jobspec_fields():
     "extra, message",
     [
         (["--num-blocks", "0"], "num_blocks: must be at least 1"),
-        (["--num-blocks", "9"], "num_blocks: must be between 1 and 8"),
+        (
+            ["--num-blocks", "9"],
+            "num_blocks: must be at most the model's 8 mix blocks (4 layers), got 9",
+        ),
         (["--param-ratio", "1.5"], "param_ratio: must be between 0 and 1"),
         (["--samples", "500"], "too little text"),
         (["--seq-len", "1"], "seq_len: must be at least 2"),
@@ -241,3 +244,11 @@ def test_heal_is_a_flag_and_lands_in_pruning_json(workdir, tmp_path):
         (plain / "pruning.json").read_text()
     )
     assert record["removed"] == json.loads((plain / "pruning.json").read_text())["removed"]
+
+
+def test_plan_refuses_a_shape_the_model_cannot_take_without_allocating_it(capsys):
+    """A 131,072-token sequence on a model of 8,192 positions: an error naming the field, not a
+    traceback from a 64 GiB mask."""
+    assert main(["plan", "--samples", "1", "--seq-len", "131072", "--tflops", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "seq_len: must be at most the model's 8,192 positions" in err and "Traceback" not in err

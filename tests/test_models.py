@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_ids, tiny_model, word_tokenizer
 
 from contract import UserError
+from contract.sources import BUILTIN_MODEL_CONFIGS
 from core import models
 from core.blocks import SUPPORTED_MODEL_TYPES, BlockModel
 from core.models import load_model
@@ -158,7 +159,11 @@ def test_builtin_smollm2_converts_once_and_predicts_text():
     cache = models.default_cache_dir() / "models"
     assert (cache / "smollm2-135m" / "model.safetensors").is_file()
     assert not [p for p in cache.iterdir() if ".tmp-" in p.name]  # no half-written conversion
-    assert "quantization_config" not in json.loads((cache / "smollm2-135m/config.json").read_text())
+    converted = json.loads((cache / "smollm2-135m/config.json").read_text())
+    assert "quantization_config" not in converted
+    # The API plans and checks builtin jobs with the shapes it knows without converting.
+    known = BUILTIN_MODEL_CONFIGS["smollm2-135m"]
+    assert {k: converted.get(k) for k in known} == known
     start = time.perf_counter()
     loaded = load_model("builtin:smollm2-135m")
     print(f"builtin load: first {first:.1f}s, cached {time.perf_counter() - start:.1f}s")

@@ -169,3 +169,21 @@ def test_planned_peak_is_within_10_percent_of_the_measured_on_smollm2():
     for r in rows:
         assert abs(r["planned_peak"] / r["measured_peak"] - 1) <= 0.10, (r, out.stdout)
     assert rows[1]["measured_peak"] < rows[0]["measured_peak"]  # the budget really saves memory
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"seq_len": 129}, ("seq_len", "at most the model's 128 positions")),
+        ({"num_blocks": 9}, ("num_blocks", "at most the model's 8 mix blocks (4 layers), got 9")),
+        ({"num_blocks": 5, "block_types": "mha"}, ("num_blocks", "4 mha blocks")),
+        ({"evaluation": {"seq_len": 256}}, ("evaluation.seq_len", "128 positions (max_position_embeddings), got 256")),
+    ],
+)
+def test_a_shape_the_model_cannot_take_is_named_before_any_plan(fields, problem):
+    shape = ModelShape.from_config(tiny_model("llama").config.to_dict())  # 4 layers, 128 positions
+    ok = JobSpec(model="m", calibration="c.txt", num_blocks=8, seq_len=128)
+    assert shape.problem(ok) is None
+    spec = JobSpec(**{**ok.model_dump(exclude_defaults=True), **fields})
+    field, message = shape.problem(spec)
+    assert field == problem[0] and problem[1] in message, message

@@ -34,7 +34,7 @@ FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._\-]{0,199}$"  # one folder level: no path
 
 class FileSpec(BaseModel):
     name: str = Field(pattern=FILE_NAME, description="the file's name, e.g. config.json")
-    size: int = Field(ge=0, description="its size in bytes (checked on completion)")
+    size: int = Field(ge=0, strict=True, description="its size in bytes (checked on completion)")
 
 
 class UploadCreate(BaseModel):

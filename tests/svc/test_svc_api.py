@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+BUILTIN = {"model": "builtin:smollm2-135m", "calibration": "builtin:stdlib-docs", "num_blocks": 2}
 MISSING_MODEL = {
     "model": "s3://blockprune-test/models/no-such-model/",
     "calibration": "builtin:stdlib-docs",
@@ -68,6 +69,17 @@ BAD_BODIES = [
     ({**MISSING_MODEL, "evaluation": {"data": ["builtin:x"]}}, "evaluation.data.0", "unknown"),
     ({**MISSING_MODEL, "evaluation": {"seq_len": 8, "stride": 9}}, "evaluation", "stride"),
     ({**MISSING_MODEL, "evaluation": {"speed": "fast"}}, "evaluation.speed", "boolean"),
+    # No coercion: a string or a boolean is not a number
+    ({**MISSING_MODEL, "num_blocks": "3"}, "num_blocks", "valid integer"),
+    ({**MISSING_MODEL, "num_blocks": True}, "num_blocks", "valid integer"),
+    ({**MISSING_MODEL, "heal": "yes"}, "heal", "valid boolean"),
+    ({**MISSING_MODEL, "parallelism": "2"}, "parallelism", "valid integer"),
+    # Shapes the builtin model (30 layers, 8,192 positions) cannot take, refused at submit
+    ({**BUILTIN, "samples": 1, "seq_len": 131072}, "seq_len", "8,192 positions"),
+    ({**BUILTIN, "num_blocks": 61}, "num_blocks", "at most the model's 60 mix blocks"),
+    ({**BUILTIN, "num_blocks": 10**12}, "num_blocks", "at most the model's 60 mix blocks"),
+    ({**BUILTIN, "block_types": "mlp", "num_blocks": 31}, "num_blocks", "30 mlp blocks"),
+    ({**BUILTIN, "evaluation": {"seq_len": 16384}}, "evaluation.seq_len", "8,192 positions"),
 ]
 
 
@@ -150,3 +162,11 @@ def test_health_and_readiness(service):
     assert down.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "failed"}
     assert service.get("/openapi.json").json()["paths"].keys() >= {"/v1/jobs", "/readyz"}
     assert service.get("/docs").status_code == 200
+
+
+def test_an_upload_size_must_be_a_number_not_a_string(service, key_a):
+    body = {"kind": "model", "files": [{"name": "config.json", "size": "10"}]}
+    answer = service.post("/v1/uploads", json=body, headers=key_a)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["field"] == "files.0.size" and "valid integer" in error["message"], error

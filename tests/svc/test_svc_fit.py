@@ -34,7 +34,7 @@ def test_builtin_model_is_planned_without_loading_it(service, key_a, tiny_llama)
 
 
 def test_s3_model_is_planned_from_its_config_json(service, key_a, tiny_llama):
-    body = job_body(tiny_llama, samples=256, seq_len=4096)  # attention scores: 64 GiB
+    body = job_body(tiny_llama, samples=8192, seq_len=128)  # attention scores: 2 GiB
     refused = submit(service, key_a, {"worker_memory": 2**30}, body)
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "does_not_fit"
     fits = submit(service, key_a, {"worker_memory": 2**30}, job_body(tiny_llama))
