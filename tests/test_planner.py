@@ -177,7 +177,10 @@ def test_planned_peak_is_within_10_percent_of_the_measured_on_smollm2():
         ({"seq_len": 129}, ("seq_len", "at most the model's 128 positions")),
         ({"num_blocks": 9}, ("num_blocks", "at most the model's 8 mix blocks (4 layers), got 9")),
         ({"num_blocks": 5, "block_types": "mha"}, ("num_blocks", "4 mha blocks")),
-        ({"evaluation": {"seq_len": 256}}, ("evaluation.seq_len", "128 positions (max_position_embeddings), got 256")),
+        (
+            {"evaluation": {"seq_len": 256}},
+            ("evaluation.seq_len", "128 positions (max_position_embeddings), got 256"),
+        ),
     ],
 )
 def test_a_shape_the_model_cannot_take_is_named_before_any_plan(fields, problem):
