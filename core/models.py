@@ -151,6 +151,8 @@ def _load_safetensors_dir(
         raise UserError(
             FIELD, f"{spec}: no *.safetensors weights in {path}", code=ErrorCode.MISSING_WEIGHTS
         )
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors_header(weights, spec)
     if _read_model_type(path) == "blockprune":  # one of our exports: no remote code needed
         from core.export import load_pruned
 
@@ -189,6 +191,33 @@ def _load_safetensors_dir(
     if mixed:
         place(model, dmap)
     return model.eval(), load_tokenizer(path, spec)
+
+
+SAFETENSORS_HEADER_MAX = 100 << 20  # the format's own bound on the JSON header
+
+
+def check_safetensors_header(file: Path, spec: str) -> None:
+    """Refuse, naming the file, what is not a safetensors file (a header length past the file
+    or the format's bound, a header that is not JSON: a pickle zip under the name): a bad input,
+    known before a loader reads it, so a job fails at once instead of using up its retries."""
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= length <= min(size - 8, SAFETENSORS_HEADER_MAX):
+            problem = f"a header length of {length:,} bytes in a file of {size:,}"
+        else:
+            try:
+                header = json.loads(f.read(length))
+                problem = "" if isinstance(header, dict) else "a header that is not a JSON object"
+            except (UnicodeDecodeError, ValueError):
+                problem = "a header that is not JSON"
+    if problem:
+        raise UserError(
+            FIELD,
+            f"{spec}: {file.name} is not a safetensors file ({problem})",
+            code=ErrorCode.INVALID_INPUT,
+        )
 
 
 def _free_memory(devices: list[torch.device]) -> list[float] | None:

@@ -72,6 +72,25 @@ def test_pickle_only_weights_are_refused(tmp_path, weights):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ((1 << 40).to_bytes(8, "little") + b"{}", "a header length of 1,099,511,627,776 bytes"),
+        (b"PK\x03\x04" + bytes(60), "a header length of"),  # a pickle zip (torch.save)
+        ((8).to_bytes(8, "little") + b"not json", "a header that is not JSON"),
+        (b"\x01", "a header length of -1 bytes in a file of 1"),
+    ],
+)
+def test_a_file_that_is_not_safetensors_is_a_user_error_naming_it(tmp_path, content, problem):
+    """Known at once (not retried as a fault): the job's first attempt fails with it."""
+    save_tiny(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(UserError, match="model.safetensors is not a safetensors file") as e:
+        load_model(str(tmp_path))
+    assert e.value.code == "invalid_input" and e.value.field == "model"
+    assert problem in e.value.message
+
+
 def test_missing_config_and_missing_weights(tmp_path):
     save_tiny(tmp_path)
     (tmp_path / "model.safetensors").unlink()
