@@ -10,6 +10,7 @@ job becomes. Every function runs in its caller's transaction, on a row the calle
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -90,7 +91,8 @@ def end_of_attempt(session: Session, job: Job, reason: str, error: dict | None =
         }
         finish(session, job, JobStatus.FAILED, error=error or exhausted)
         return False
-    retry = {"reason": reason, "attempt": job.attempts, "worker": job.lease_owner, **(error or {})}
+    worker = worker_id(job.lease_owner)
+    retry = {"reason": reason, "attempt": job.attempts, "worker": worker, **(error or {})}
     add_event(session, job.id, "retry", **retry)
     set_status(session, job, JobStatus.QUEUED)
     job.phase = None
@@ -131,3 +133,11 @@ def set_item_status(
         item.enqueued_at = func.now()
     else:
         item.finished_at = func.now()
+
+
+def worker_id(owner: str | None) -> str | None:
+    """What a tenant may see of a lease owner (a worker's host:pid): an opaque id that tells
+    attempts on the same worker apart from those on another, and names no host."""
+    if owner is None:
+        return None
+    return "w-" + hashlib.sha256(owner.encode()).hexdigest()[:10]

@@ -75,12 +75,13 @@ def check_target(url: str, allow_private: bool) -> str:
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
     except OSError:
-        raise ValueError(f"{parts.hostname} does not resolve") from None
+        infos = []
     addresses = [str(info[4][0]) for info in infos]
-    if not allow_private:
-        for address in addresses:
-            if not ipaddress.ip_address(address).is_global:
-                raise ValueError(f"{parts.hostname} resolves to a non-public address")
+    private = not allow_private and any(not ipaddress.ip_address(a).is_global for a in addresses)
+    if not addresses or private:
+        # One message whether the name does not resolve or resolves inside: the tenant reads it,
+        # and two would tell them which internal names exist.
+        raise ValueError(f"{parts.hostname} is not a reachable public address")
     return addresses[0]
 
 

@@ -125,7 +125,7 @@ def test_a_rebinding_name_cannot_reach_a_private_address(quiet, service, key_a, 
     # And a name whose answers mix public and private addresses is refused outright.
     mixed = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 80)) for a in ("8.8.8.8", "10.0.0.5")]
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: mixed)
-    with pytest.raises(ValueError, match="non-public"):
+    with pytest.raises(ValueError, match="not a reachable public address"):
         webhooks.check_target("http://mixed.test/hook", allow_private=False)
 
 
@@ -187,3 +187,32 @@ def test_a_slow_drip_receiver_stalls_neither_the_reaper_nor_the_database(sent, s
     assert drip.closed_after and drip.closed_after[0] < settings.webhook_deadline_s + 2.0
     events = service.get(f"/v1/jobs/{slow_job}/events", headers=key_a).json()["data"]
     assert all("Traceback" not in json.dumps(e) for e in events)
+
+
+def test_a_refused_target_does_not_say_how_its_name_resolved(monkeypatch):
+    """An internal name and an unknown one get the same answer: no DNS oracle for tenants."""
+    from worker import webhooks
+
+    def resolve(host, *args, **kwargs):
+        if host == "internal.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", 80))]
+        raise socket.gaierror("Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    answers = set()
+    for host in ("internal.test", "nowhere.test"):
+        with pytest.raises(ValueError) as refused:
+            webhooks.check_target(f"http://{host}/hook", allow_private=False)
+        answers.add(str(refused.value).replace(host, "HOST"))
+    assert answers == {"HOST is not a reachable public address"}
+
+
+def test_job_events_name_a_worker_id_not_its_host_and_pid():
+    import socket as sockets
+
+    from service.transitions import worker_id
+
+    owner = f"{sockets.gethostname()}:4242"
+    shown = worker_id(owner)
+    assert shown == worker_id(owner) != worker_id(f"{sockets.gethostname()}:4243")
+    assert sockets.gethostname() not in shown and "4242" not in shown

@@ -109,6 +109,6 @@ def test_webhook_signature():
     assert not verify("secret", header, body + b" ")
     assert not verify("other", header, body)
     assert not verify("secret", sign("secret", int(time.time()) - 3600, body), body)  # replay
-    with pytest.raises(ValueError, match="non-public"):
+    with pytest.raises(ValueError, match="not a reachable public address"):
         check_target("http://127.0.0.1:8080/hook", allow_private=False)
     check_target("http://127.0.0.1:8080/hook", allow_private=True)
