@@ -119,8 +119,20 @@ def error_body(code: ErrorCode, message: str, field: str | None = None, **extra)
 
 
 def _field_name(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    """A dotted path (`metadata.a`, `files.0.size`); never a bare index, which is a character
+    position in a body that is not JSON: that is the body's own problem."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    if all(isinstance(p, int) for p in parts):
+        return "body"
+    return ".".join(str(p) for p in parts)
+
+
+def _problem(e: dict) -> dict[str, str]:
+    message = e["msg"].removeprefix("Value error, ")
+    if e.get("type") == "json_invalid":  # loc holds the character where parsing stopped
+        at = next((p for p in reversed(e["loc"]) if isinstance(p, int)), None)
+        message += f" at character {at}" if at is not None else ""
+    return {"field": printable(_field_name(tuple(e["loc"]))), "message": printable(message)}
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
@@ -134,13 +146,7 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [
-        {
-            "field": printable(_field_name(tuple(e["loc"]))),
-            "message": printable(e["msg"].removeprefix("Value error, ")),
-        }
-        for e in exc.errors()
-    ]
+    problems = [_problem(e) for e in exc.errors()]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
     message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse(
@@ -152,8 +158,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+    # FastAPI's 400 for a body it could not decode (bytes that are not UTF-8, JSON nested past
+    # the parser's depth) names no field: it is the body.
+    field = "body" if exc.status_code == 400 and "parsing the body" in str(exc.detail) else None
     return JSONResponse(
-        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        error_body(code, str(exc.detail), field), status_code=exc.status_code, headers=exc.headers
     )
 
 

@@ -170,3 +170,12 @@ def test_an_upload_size_must_be_a_number_not_a_string(service, key_a):
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"]
     assert error["field"] == "files.0.size" and "valid integer" in error["message"], error
+
+
+@pytest.mark.parametrize("body", [b"[" * 5000, b"\xff\xfe", b'{"a": ' * 3000, b"{not json"])
+def test_a_body_that_is_not_json_names_the_body_not_a_character_index(service, key_a, body):
+    headers = {**key_a, "Content-Type": "application/json"}
+    answer = service.post("/v1/jobs", content=body, headers=headers)
+    assert answer.status_code in (400, 422), answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_request" and error["field"] == "body", error
