@@ -93,7 +93,9 @@ class FakeHub:
 @pytest.fixture
 def model_dir(tmp_path):
     folder = tmp_path / "repo"
-    tiny_model("llama").save_pretrained(folder)
+    model = tiny_model("llama")
+    model.config.max_position_embeddings = 8192  # the plan, not the shape, refuses 8192 tokens
+    model.save_pretrained(folder)
     word_tokenizer().save_pretrained(folder)
     return folder
 
