@@ -129,3 +129,11 @@ def write_model_dir(folder: Path, arch: str = "llama", layers: int = 4, calib_wo
     word_tokenizer().save_pretrained(folder / "model")
     (folder / "calib.txt").write_text(random_text(calib_words))
     return model
+
+
+def tiny_spec(folder: Path, **fields):
+    """A JobSpec for the files `write_model_dir` wrote in `folder`, 4 x 16 calibration tokens."""
+    from contract import JobSpec
+
+    base = {"model": str(folder / "model"), "calibration": str(folder / "calib.txt")}
+    return JobSpec(**base, samples=4, seq_len=16, **fields)

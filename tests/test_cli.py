@@ -7,7 +7,7 @@ from typing import Literal, get_args, get_origin
 
 import pytest
 import torch
-from conftest import tiny_model, word_tokenizer, write_model_dir
+from conftest import tiny_model, tiny_spec, word_tokenizer, write_model_dir
 
 from blockprune.cli import main
 from contract import EMBEDDED_DEFAULTS, Block, JobSpec, SearchState
@@ -41,12 +41,6 @@ def prune_args(workdir, out, *extra):
         str(out),
         *extra,
     ]
-
-
-def tiny_spec(workdir, **fields) -> JobSpec:
-    """The spec `prune_args` gives, for running the engine directly."""
-    base = {"model": str(workdir / "model"), "calibration": str(workdir / "calib.txt")}
-    return JobSpec(**base, samples=4, seq_len=16, **fields)
 
 
 def test_prune_matches_plain_greedy_and_prints_summary(workdir, tmp_path, capsys):

@@ -8,10 +8,17 @@ from contextlib import nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_text, tiny_ids, tiny_model, word_tokenizer, write_model_dir
+from conftest import (
+    random_text,
+    tiny_ids,
+    tiny_model,
+    tiny_spec,
+    word_tokenizer,
+    write_model_dir,
+)
 
 from blockprune.cli import main
-from contract import Block, JobSpec, UserError
+from contract import Block, UserError
 from contract.evaluation import EvaluationSpec
 from core.blocks import BlockModel
 from core.evaluation.perplexity import (
@@ -195,12 +202,8 @@ def test_eval_of_an_export_whose_base_is_not_here_measures_the_export_alone(
 def test_run_prune_reports_the_evaluating_phase(export, tmp_path):
     d, *_ = export
     write_model_dir(tmp_path, "mistral", layers=3, calib_words=300)
-    model_dir = tmp_path / "model"
-    spec = JobSpec(
-        model=str(model_dir),
-        calibration=str(tmp_path / "calib.txt"),
-        samples=4,
-        seq_len=16,
+    spec = tiny_spec(
+        tmp_path,
         num_blocks=2,
         method="shortgpt",
         evaluation={"data": [str(d / "heldout.txt")], "seq_len": 16},

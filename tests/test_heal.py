@@ -60,22 +60,17 @@ def test_a_healed_job_exports_the_healed_model_and_evaluates_it(tmp_path):
     and card say so, the evaluation's "after" is the healed model and "before" the base one."""
     import json
 
-    from conftest import random_text, word_tokenizer, write_model_dir
+    from conftest import random_text, tiny_spec, word_tokenizer, write_model_dir
 
-    from contract import JobSpec
     from core.export import load_pruned
     from core.export.inmemory import pruned_view
     from core.heal import applied, fit_healing
     from core.pipeline import run_prune
 
     model = write_model_dir(tmp_path, layers=3)
-    model_dir = tmp_path / "model"
     (tmp_path / "heldout.txt").write_text(random_text(300, seed=9))
-    spec = JobSpec(
-        model=str(model_dir),
-        calibration=str(tmp_path / "calib.txt"),
-        samples=4,
-        seq_len=16,
+    spec = tiny_spec(
+        tmp_path,
         num_blocks=2,
         heal=True,
         evaluation={"data": [str(tmp_path / "heldout.txt")], "seq_len": 16},
