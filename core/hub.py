@@ -18,13 +18,12 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from contract import ErrorCode, UserError
 from contract.memory import human
 from contract.sources import pickle_refusal
-from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
+from core.families import family_of
 
 FIELD = "model"
 REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -180,9 +179,7 @@ def _check_config(name: str, path: Path) -> None:
         ) from None
     if model_type == "blockprune":  # one of our exports: core.export loads it
         return
-    if model_type not in SUPPORTED_MODEL_TYPES:  # check_architecture owns the message
-        config = SimpleNamespace(model_type=model_type)
-        check_architecture(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    family_of(model_type)  # before a weight is downloaded
 
 
 # ---- the hub's errors, as the user's ---------------------------------------------------------

@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,8 +28,9 @@ import torch
 from contract import DTYPES as DTYPE_NAMES
 from contract import ErrorCode, UserError
 from contract.sources import BUILTIN_MODELS
-from core.blocks import SUPPORTED_MODEL_TYPES, check_architecture
+from core.blocks import check_architecture
 from core.devices import device_map, parse_devices, place
+from core.families import family_of
 from core.files import PORTABLE_TOKENIZER_CLASSES, apply_umask, save_tokenizer
 from core.hub import locate_hub_model
 
@@ -164,9 +164,7 @@ def _load_safetensors_dir(
         raise UserError(
             FIELD, f"{spec}: unreadable config.json ({e})", ErrorCode.BAD_CONFIG
         ) from None
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        # Refuse before reading gigabytes of weights; check_architecture owns the message.
-        check_architecture(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    family_of(config.model_type)  # refuse before reading gigabytes of weights
     # Weights go straight from the file to their device (transformers builds the model on the
     # meta device first), so a model spread over GPUs never sits whole in CPU memory. A list that
     # mixes GPUs and the CPU loads on the CPU and then moves each GPU part (core.devices.place):
@@ -248,8 +246,8 @@ def load_tokenizer(path: Path, spec: str, config: Any = None):
         # config= keeps an export's auto_map from asking for remote code
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False, config=config)
     except (OSError, ValueError, KeyError) as e:
-        newer = next((n for n in PORTABLE_TOKENIZER_CLASSES if n in str(e)), None)
-        if newer is not None and (path / "tokenizer.json").is_file():
+        newer = any(name in str(e) for name in PORTABLE_TOKENIZER_CLASSES)
+        if newer and (path / "tokenizer.json").is_file():
             # Saved by a newer transformers under a class name this one lacks (for
             # "TokenizersBackend": the same class, named PreTrainedTokenizerFast here).
             from transformers import PreTrainedTokenizerFast

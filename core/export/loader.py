@@ -3,7 +3,6 @@ any code from the export directory and without unpickling."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from core.export.modeling_code import (
     WEIGHTS_FILE,
     WEIGHTS_INDEX_FILE,
     read_export_config,
+    read_json,
     tied_names,
 )
 from core.families import SUPPORTED_MODEL_TYPES, family_of
@@ -42,7 +42,7 @@ def load_pruned(
             "config.json",
             f"base model type {export.base_type!r} is not one of {SUPPORTED_MODEL_TYPES}",
         )
-    family_of(export.base_type)  # a clear error where this transformers cannot run it
+    family = family_of(export.base_type)  # a clear error where this transformers cannot run it
     try:
         base_config = AutoConfig.for_model(export.base_type, **export.fields)
         if not export.plain:
@@ -57,7 +57,7 @@ def load_pruned(
     if getattr(base_config, "tie_word_embeddings", False):
         model.tie_weights()
     if not export.plain:
-        apply_block_configs(model, export.block_configs, family_of(export.base_type).export_parts())
+        apply_block_configs(model, export.block_configs, family.export_parts())
     _load_weights_strictly(model, directory, device)
     return model.eval()
 
@@ -67,7 +67,7 @@ def _load_weights_strictly(
 ) -> None:
     index_path = directory / WEIGHTS_INDEX_FILE
     if index_path.exists():
-        weight_map = _read_json(index_path, WEIGHTS_INDEX_FILE).get("weight_map")
+        weight_map = read_json(index_path, WEIGHTS_INDEX_FILE).get("weight_map")
         if not isinstance(weight_map, dict):
             raise UserError(WEIGHTS_INDEX_FILE, "has no weight_map")
         files = sorted(set(weight_map.values()))
@@ -95,18 +95,6 @@ def _load_weights_strictly(
         raise UserError(
             "weights", f"{len(missing)} weights are missing, e.g. {sorted(missing)[:5]}"
         )
-
-
-def _read_json(path: Path, field: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise UserError(field, f"{path} does not exist") from err
-    except json.JSONDecodeError as err:
-        raise UserError(field, f"{path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise UserError(field, f"{path} does not hold a JSON object")
-    return data
 
 
 def _no_init_weights():

@@ -107,18 +107,26 @@ class ExportConfig:
         return self.block_configs is None
 
 
+def read_json(path: Path, field: str) -> dict:
+    """A JSON object file of an export; a UserError naming `field` if it is missing or not one."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError(field, f"{path} does not exist") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(field, f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise UserError(field, f"{path} does not hold a JSON object")
+    return data
+
+
 def read_export_config(directory: Path) -> ExportConfig:
     """What loaders of an export (core.export.loader, GGUF) need from its config.json: a
     "blockprune" model type is the general layout; another, beside a pruning.json, a plain one."""
     path = directory / "config.json"
-    try:
-        fields = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise UserError("dir", f"{directory} is not a BlockPrune export (no config.json)") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError("config.json", f"{path} is not valid JSON: {err}") from err
-    if not isinstance(fields, dict):
-        raise UserError("config.json", f"{path} does not hold a JSON object")
+    if not path.is_file():
+        raise UserError("dir", f"{directory} is not a BlockPrune export (no config.json)")
+    fields = read_json(path, "config.json")
     model_type = fields.get("model_type")
     if model_type == MODEL_TYPE:
         base_type, block_configs = fields.get("base_model_type"), fields.get("block_configs")

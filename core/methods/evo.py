@@ -128,7 +128,7 @@ def removal_order(record: EvolutionRecord) -> list[Block]:
     """The chosen set in removal order: the start's blocks in their greedy order, then the
     others by position."""
     best = set(record.best)
-    return [b for b in record.start if b in best] + sorted(best - set(record.start), key=_key_block)
+    return [b for b in record.start if b in best] + _sorted(best - set(record.start))
 
 
 def evolve(
@@ -179,7 +179,7 @@ def evolve(
     def fitness(removed: RemovedSet, screen_only: bool = False) -> float:
         """The objective's mean over the screen's sequences or all of them, with `removed` out."""
         if (removed, screen_only) not in scored:
-            unit = tuple(sorted(removed, key=_key_block))
+            unit = tuple(_sorted(removed))
             values = cache.sequence_scores(unit, score, screen if screen_only else None)
             scored[removed, screen_only] = values.double().mean().item()
         return scored[removed, screen_only]
@@ -278,7 +278,7 @@ def _mutate(
 ) -> RemovedSet:
     """Restore 1 to 3 removed blocks and refill the freed parameters with random kept ones."""
     child = set(parent)
-    order = sorted(parent, key=_key_block)
+    order = _sorted(parent)
     for out in rng.sample(order, k=min(len(order), rng.choice((1, 1, 2, 3)))):
         child.discard(out)
     used = sum(size[b] for b in child)
