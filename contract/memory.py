@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.errors import ErrorCode, UserError
-from contract.spec import JobSpec
+from contract.spec import JobSpec, blocks_problem
 
 # Where a search runs (a machine's choice, so no JobSpec field): core.devices parses it.
 DEVICE_HELP = (
@@ -95,13 +95,7 @@ class ModelShape:
                     f"must be at most the model's {longest:,} positions "
                     f"(max_position_embeddings), got {length:,}"
                 )
-        blocks = self.num_layers * (2 if spec.block_types == "mix" else 1)
-        if spec.num_blocks is not None and spec.num_blocks > blocks:
-            return "num_blocks", (
-                f"must be at most the model's {blocks:,} {spec.block_types} blocks "
-                f"({self.num_layers} layers), got {spec.num_blocks:,}"
-            )
-        return None
+        return blocks_problem(self.num_layers, spec.block_types, spec.num_blocks)
 
     def check(self, spec: JobSpec) -> None:
         problem = self.problem(spec)

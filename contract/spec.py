@@ -272,6 +272,20 @@ def method_problem(method: str, block_types: str, num_blocks: int | None) -> tup
     return None
 
 
+def blocks_problem(
+    num_layers: int, block_types: str, num_blocks: int | None
+) -> tuple[str, str] | None:
+    """(field, message) when a model of `num_layers` has fewer blocks of `block_types` than
+    `num_blocks` asks to remove; else None."""
+    blocks = num_layers * (2 if block_types == "mix" else 1)
+    if num_blocks is not None and num_blocks > blocks:
+        return "num_blocks", (
+            f"must be at most the model's {blocks:,} {block_types} blocks "
+            f"({num_layers} layers), got {num_blocks:,}"
+        )
+    return None
+
+
 def search_problem(
     search: str, method: str, samples: int, batch_size: int | None, race_slice: int | None
 ) -> tuple[str, str] | None:

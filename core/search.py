@@ -23,7 +23,7 @@ import torch
 from contract import Block, JobSpec, Progress, RemovedBlock, SearchState, Unit, UserError
 from contract.iteration import beats, finish, target_reached, within_ratio
 from contract.racing import DEFAULT_RACE_MARGIN, race_chunk, race_stages
-from contract.spec import method_problem, search_problem
+from contract.spec import blocks_problem, method_problem, search_problem
 from contract.state import RaceRecord
 from core.activations import ActivationCache, After, ppl_from_nlls
 from core.blocks import BlockModel
@@ -116,11 +116,9 @@ class SearchConfig:
             )
             if problem is not None:
                 raise UserError(*problem)
-        max_blocks = len(bm.candidates(self.block_types))
-        if self.num_blocks is not None and self.num_blocks > max_blocks:
-            raise UserError(
-                "num_blocks", f"must be between 1 and {max_blocks} for this model and block_types"
-            )
+        problem = blocks_problem(bm.num_layers, self.block_types, self.num_blocks)
+        if problem is not None:
+            raise UserError(*problem)
 
 
 class CandidateScorer:
