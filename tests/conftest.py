@@ -80,6 +80,16 @@ MORE_FAMILIES: dict[str, dict] = {
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 
+def greedy_tokens(bm, prompt: torch.Tensor, removed, steps: int = 8) -> torch.Tensor:
+    """Greedy decoding by full recomputation, block by block (a core.blocks.BlockModel with
+    `removed` out): what an export's generate() must give."""
+    tokens = prompt
+    for _ in range(steps):
+        logits = bm.forward_logits(tokens, removed)[:, -1]
+        tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+    return tokens
+
+
 def tiny_ids(n: int = 6, t: int = 16, vocab: int = 97, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n, t), generator=g)

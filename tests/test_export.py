@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_ids, tiny_model
+from conftest import greedy_tokens, tiny_ids, tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -142,10 +142,7 @@ def test_generate_matches_the_zeroed_original(arch, tmp_path):
     blocks = [Block.parse(r) for r in REMOVED]
     # Unpadded: greedy decoding equals full recomputation by BlockModel.
     prompt = tiny_ids()[:2, :5]
-    greedy = prompt
-    for _ in range(8):
-        logits = BlockModel(model).forward_logits(greedy, blocks)[:, -1]
-        greedy = torch.cat([greedy, logits.argmax(-1, keepdim=True)], dim=1)
+    expected = greedy_tokens(BlockModel(model), prompt, blocks)
     # Left-padded: the cache lengths and masks must skip the removed attention of layer 0.
     padded = tiny_ids()[:2, :7].clone()
     mask = torch.ones_like(padded)
@@ -157,7 +154,7 @@ def test_generate_matches_the_zeroed_original(arch, tmp_path):
         for use_cache in (True, False):
             case = f"{name}, use_cache={use_cache}"
             tokens = loaded.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=use_cache)
-            assert torch.equal(tokens, greedy), case
+            assert torch.equal(tokens, expected), case
             tokens = loaded.generate(
                 padded, attention_mask=mask, max_new_tokens=8, do_sample=False, use_cache=use_cache
             )

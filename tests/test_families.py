@@ -6,7 +6,7 @@ in the general layout and the plain one)."""
 
 import pytest
 import torch
-from conftest import MOE_FAMILIES, MORE_FAMILIES, tiny_ids, tiny_model
+from conftest import MOE_FAMILIES, MORE_FAMILIES, greedy_tokens, tiny_ids, tiny_model
 
 from contract import Block, UserError
 from contract.blocks import layer_blocks
@@ -76,15 +76,6 @@ def test_removal_equals_zeroed_output_projections(family):
     assert not torch.allclose(pruned, dense, atol=1e-3)
 
 
-def greedy(bm: BlockModel, prompt, removed, steps: int = 8):
-    """Greedy decoding by full recomputation, block by block."""
-    tokens = prompt
-    for _ in range(steps):
-        logits = bm.forward_logits(tokens, removed)[:, -1]
-        tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
-    return tokens
-
-
 @pytest.mark.parametrize("layout", ["general", "plain"])
 def test_export_computes_and_generates_as_the_in_memory_model(family, layout, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -102,7 +93,7 @@ def test_export_computes_and_generates_as_the_in_memory_model(family, layout, tm
         "transformers": AutoModelForCausalLM.from_pretrained(out, dtype="auto", **remote).eval(),
     }
     prompt = ids[:, :5]
-    reference = greedy(bm, prompt, removed)
+    reference = greedy_tokens(bm, prompt, removed)
     for name, pruned in loaded.items():
         with torch.no_grad():
             torch.testing.assert_close(pruned(ids).logits, expected, rtol=0, atol=1e-5)
