@@ -3,8 +3,9 @@ API validates a job's settings by these traits, the worker decides by them wheth
 out, the CLI and the model card name and cite the method. The engine's half of a method (how it
 picks what to remove) is its module in core/methods/, registered there under the same name.
 
-Adding a method: its traits here (one line in METHOD_TRAITS), its module in core/methods/ (one
-line in its registry)."""
+Adding a method: its module `core/methods/<name>.py` (an object `METHOD`) and its traits here,
+under that name: METHOD_TRAITS is the one registry. The job's `method` field (its choices and
+help), the API's checks and the engine's lookup (core.methods.METHODS) are all read from it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MethodTraits:
+    summary: str  # what it removes and how, in the job's `method` help
     citation: str  # the model card names the method by it
     layer_units: bool  # removes whole decoder layers, a layer counting as its two blocks
     races: bool  # can run `search: racing` (a greedy search over candidates)
@@ -21,10 +23,30 @@ class MethodTraits:
 
 
 METHOD_TRAITS: dict[str, MethodTraits] = {
-    "blockpruner": MethodTraits("BlockPruner, arXiv 2406.10594", False, True, True),
-    "shortgpt": MethodTraits("ShortGPT's Block Influence, arXiv 2403.03853", True, False, False),
-    "sleb": MethodTraits("SLEB, arXiv 2402.09025", True, True, False),
+    "blockpruner": MethodTraits(
+        "greedy removal of attention/MLP blocks by calibration PPL",
+        "BlockPruner, arXiv 2406.10594",
+        False,
+        True,
+        True,
+    ),
+    "shortgpt": MethodTraits(
+        "whole layers with the lowest Block Influence, in one shot",
+        "ShortGPT's Block Influence, arXiv 2403.03853",
+        True,
+        False,
+        False,
+    ),
+    "sleb": MethodTraits(
+        "greedy removal of whole layers by calibration PPL",
+        "SLEB, arXiv 2402.09025",
+        True,
+        True,
+        False,
+    ),
     "evo": MethodTraits(
+        "the set of attention/MLP blocks with the lowest calibration PPL at a param_ratio budget "
+        "(evolutionary search)",
         "evolutionary block search at a parameter budget, after EvoPress (arXiv 2410.14649)",
         False,
         False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -31,8 +31,11 @@ from contract.racing import DEFAULT_RACE_MARGIN, race_problem
 from contract.sources import check_builtin_calibration, check_builtin_model
 from contract.text import CleanStr
 
-Method = Literal["blockpruner", "shortgpt", "sleb", "evo"]  # METHOD_TRAITS's keys (a test holds it)
-METHODS: tuple[str, ...] = get_args(Method)
+METHODS: tuple[str, ...] = tuple(METHOD_TRAITS)  # the registry's names, in its order
+if TYPE_CHECKING:
+    Method = str
+else:  # a Literal of the registry's names: an enum in the API's schema, checked by pydantic
+    Method = Literal[METHODS]
 Search = Literal["exact", "racing"]
 RACE_FIELDS = ("race_slice", "race_margin")  # settings of the racing search only
 BlockTypes = Literal["mix", "mha", "mlp"]
@@ -82,10 +85,7 @@ class JobSpec(BaseModel):
     )
     method: Method = Field(
         "blockpruner",
-        description="blockpruner: greedy removal of attention/MLP blocks by calibration PPL; "
-        "shortgpt: whole layers with the lowest Block Influence, in one shot; sleb: greedy "
-        "removal of whole layers by calibration PPL; evo: the set of attention/MLP blocks with the "
-        "lowest calibration PPL at a param_ratio budget (evolutionary search)",
+        description="; ".join(f"{name}: {t.summary}" for name, t in METHOD_TRAITS.items()),
     )
     num_blocks: int | None = Field(
         None,

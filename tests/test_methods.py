@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_ids, tiny_model
+from pydantic import ValidationError
 
 from contract import Block, JobSpec, SearchState, UserError
 from core.blocks import BlockModel
@@ -124,9 +125,18 @@ def test_shortgpt_removes_the_lowest_influence_layers_with_their_ppls():
 
 
 def test_every_method_is_registered_under_its_contract_name():
-    from contract.spec import METHODS as NAMES
+    """METHOD_TRAITS is the one registry: the engine's objects, the job's choices (an enum in the
+    API's schema) and its help are read from it."""
+    from contract import JobSpec
+    from contract.methods import METHOD_TRAITS
 
-    assert tuple(METHODS) == NAMES
+    assert tuple(METHODS) == tuple(METHOD_TRAITS)
+    assert all(m.traits is METHOD_TRAITS[name] for name, m in METHODS.items())
+    field = JobSpec.model_json_schema()["properties"]["method"]
+    assert field["enum"] == list(METHOD_TRAITS)
+    assert all(f"{name}: {t.summary}" in field["description"] for name, t in METHOD_TRAITS.items())
+    with pytest.raises(ValidationError, match="blockpruner"):
+        JobSpec(model="builtin:smollm2-135m", calibration="builtin:stdlib-docs", method="obs")
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,15 @@ greedy search scores. The loop, its checkpoints and its exact or racing iteratio
 engine's; layer methods remove a layer as its two blocks (both entries carry the PPL after the
 layer), so the export, the model card and `pruning.json` need nothing method-specific.
 
-To add a method: a module here with its object (`sleb.py` is a greedy search over other units,
-`shortgpt.py` a one-shot ranking), one line in METHODS below, and one in
-contract.methods.METHOD_TRAITS (with its name in contract.spec.Method).
+To add a method: a module here named as the method, with its object `METHOD` (`sleb.py` is a
+greedy search over other units, `shortgpt.py` a one-shot ranking, `evo.py` a search of its own at
+a budget), and its line in contract.methods.METHOD_TRAITS, the one registry: METHODS below
+imports each module it names.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -22,17 +24,12 @@ import torch
 from contract import SearchState
 from contract.methods import METHOD_TRAITS
 from core.blocks import BlockModel
-from core.methods import blockpruner, evo, shortgpt, sleb
 from core.methods.base import Callbacks, PruningMethod, Units
 from core.search import SearchConfig, run_search
 
 METHODS: dict[str, PruningMethod] = {
-    "blockpruner": blockpruner.METHOD,
-    "shortgpt": shortgpt.METHOD,
-    "sleb": sleb.METHOD,
-    "evo": evo.METHOD,
+    name: importlib.import_module(f"core.methods.{name}").METHOD for name in METHOD_TRAITS
 }
-assert set(METHODS) == set(METHOD_TRAITS), "every method has its traits in contract.methods"
 __all__ = ["METHODS", "Callbacks", "PruningMethod", "Units", "run_method"]
 
 
