@@ -86,21 +86,12 @@ def export_pruned(
         raise UserError("model", "is already pruned; export from the original model")
     blocks = _parse_removed(block_model, removed)
     _check_record(base_ppl=base_ppl, calibration=calibration, seed=seed, source=source)
-    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, (str, int)):
-        raise UserError("max_shard_size", f"expected a size such as '2GB', got {max_shard_size!r}")
-    if isinstance(max_shard_size, int) and max_shard_size <= 0:
-        raise UserError("max_shard_size", f"must be positive, got {max_shard_size}")
+    _check_shard_size(max_shard_size)
     modeling_code = render_modeling_code(model)
     out = _check_out_dir(out_dir, overwrite)
 
     removed_set = set(blocks)
-    kept_layers = [
-        i for i in range(block_model.num_layers) if not set(layer_blocks(i)) <= removed_set
-    ]
-    every_layer = layer_block_configs(block_model.num_layers, removed_set)
-    block_configs = [every_layer[i] for i in kept_layers]
-    whole_layers = all(not any(c[k]["no_op"] for k in c) for c in block_configs)
-    layout = "plain" if whole_layers and not general else "general"
+    kept_layers, layout, config = _layout(model, block_model, removed_set, general)
     tensors = _kept_tensors(block_model, removed_set, kept_layers)
     try:
         split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
@@ -130,10 +121,6 @@ def export_pruned(
         "seed": seed,
         **({"healing": healing} if healing is not None else {}),
     }
-    if layout == "plain":
-        config = _plain_config(model, kept_layers)
-    else:
-        config = _pruned_config(model, kept_layers, block_configs)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -146,19 +133,45 @@ def export_pruned(
             generation_config.save_pretrained(tmp)
         if layout == "general":
             (tmp / MODELING_FILE).write_text(modeling_code)
-        _write_json(tmp / PRUNING_FILE, pruning)
-        card = render_model_card(pruning, weights_dir=out.name, evaluation=evaluation)
-        (tmp / "README.md").write_text(card)
-        (tmp / "pruning.svg").write_text(pruning_svg(pruning))
-        if evaluation is not None:
-            _write_json(tmp / REPORT_FILE, evaluation)
-            (tmp / REPORT_PLOT).write_text(report_svg(evaluation))
+        _write_records(tmp, pruning, evaluation, weights_dir=out.name)
         apply_umask(tmp)  # an ordinary folder of readable files, not mkdtemp's private ones
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _layout(
+    model: PreTrainedModel, block_model: BlockModel, removed: set[Block], general: bool
+) -> tuple[list[int], str, dict]:
+    """The layers that stay, the layout ("plain" when only whole layers went and `general` does
+    not ask otherwise) and the export's config.json for them."""
+    kept_layers = [i for i in range(block_model.num_layers) if not set(layer_blocks(i)) <= removed]
+    every_layer = layer_block_configs(block_model.num_layers, removed)
+    block_configs = [every_layer[i] for i in kept_layers]
+    whole_layers = all(not any(c[k]["no_op"] for k in c) for c in block_configs)
+    if whole_layers and not general:
+        return kept_layers, "plain", _plain_config(model, kept_layers)
+    return kept_layers, "general", _pruned_config(model, kept_layers, block_configs)
+
+
+def _check_shard_size(max_shard_size: object) -> None:
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, (str, int)):
+        raise UserError("max_shard_size", f"expected a size such as '2GB', got {max_shard_size!r}")
+    if isinstance(max_shard_size, int) and max_shard_size <= 0:
+        raise UserError("max_shard_size", f"must be positive, got {max_shard_size}")
+
+
+def _write_records(tmp: Path, pruning: dict, evaluation: dict | None, weights_dir: str) -> None:
+    """What the export says of itself: pruning.json, the model card, the plots, the report."""
+    _write_json(tmp / PRUNING_FILE, pruning)
+    card = render_model_card(pruning, weights_dir=weights_dir, evaluation=evaluation)
+    (tmp / "README.md").write_text(card)
+    (tmp / "pruning.svg").write_text(pruning_svg(pruning))
+    if evaluation is not None:
+        _write_json(tmp / REPORT_FILE, evaluation)
+        (tmp / REPORT_PLOT).write_text(report_svg(evaluation))
 
 
 def _default_source(model: PreTrainedModel) -> dict:

@@ -167,23 +167,7 @@ def evolve(
                 f"the budget ({budget:,} parameters) is below the smallest block "
                 f"({min(size.values()):,})",
             )
-    # The dense model's activations at every position, in chunks of the screen's size (never
-    # above batch_size, a memory bound): a set restarts where its first removed block is, and
-    # chunk 0 is the screen.
-    cache = ActivationCache(bm, input_ids, min(batch_size or SCREEN_SEQUENCES, SCREEN_SEQUENCES))
-    cache.build([])
-    screen = range(1)
-    score = _kl_score(bm, cache) if objective == "kl" else _nll_score(bm, cache)
-    scored: dict[tuple[RemovedSet, bool], float] = {}
-
-    def fitness(removed: RemovedSet, screen_only: bool = False) -> float:
-        """The objective's mean over the screen's sequences or all of them, with `removed` out."""
-        if (removed, screen_only) not in scored:
-            unit = tuple(_sorted(removed))
-            values = cache.sequence_scores(unit, score, screen if screen_only else None)
-            scored[removed, screen_only] = values.double().mean().item()
-        return scored[removed, screen_only]
-
+    fitness = _Fitness(bm, input_ids, batch_size, objective)
     if record is None:
         assert start is not None
         record = EvolutionRecord(
@@ -217,6 +201,31 @@ def evolve(
 
 
 Score = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class _Fitness:
+    """A set's objective with its blocks removed, memoised: the mean over the screen's sequences
+    (`screen_only`) or over all of them."""
+
+    def __init__(
+        self, bm: BlockModel, input_ids: torch.Tensor, batch_size: int | None, objective: str
+    ) -> None:
+        # The dense model's activations at every position, in chunks of the screen's size (never
+        # above batch_size, a memory bound): a set restarts where its first removed block is,
+        # and chunk 0 is the screen.
+        chunk = min(batch_size or SCREEN_SEQUENCES, SCREEN_SEQUENCES)
+        self.cache = ActivationCache(bm, input_ids, chunk)
+        self.cache.build([])
+        self.score = _kl_score(bm, self.cache) if objective == "kl" else _nll_score(bm, self.cache)
+        self.scored: dict[tuple[RemovedSet, bool], float] = {}
+
+    def __call__(self, removed: RemovedSet, screen_only: bool = False) -> float:
+        if (removed, screen_only) not in self.scored:
+            unit = tuple(_sorted(removed))
+            screen = range(1) if screen_only else None
+            values = self.cache.sequence_scores(unit, self.score, screen)
+            self.scored[removed, screen_only] = values.double().mean().item()
+        return self.scored[removed, screen_only]
 
 
 def _nll_score(bm: BlockModel, cache: ActivationCache) -> Score:
