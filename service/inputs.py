@@ -75,6 +75,16 @@ def _resolve_upload(
     return prefix if kind == "model" else prefix + upload.files[0]["name"]
 
 
+def upload_pins(session: Session, tenant_id: str, source: str) -> dict[str, dict] | None:
+    """{file name: its row entry (size, sha256, etag)} of a complete `upload:<id>` source, which
+    the worker checks the objects against before it uses them; None for any other source."""
+    match = UPLOAD_REF.match(source)
+    upload = get_upload(session, tenant_id, match.group(1)) if match else None
+    if upload is None or upload.status != "complete":
+        return None
+    return {f["name"]: f for f in upload.files}
+
+
 def _check_s3(settings: Settings, tenant_id: str, field: str, source: str) -> None:
     bucket, key = parse_s3_uri(source, field)
     own = upload_prefix(tenant_id, "")  # uploads/<tenant id>/

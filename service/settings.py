@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     download_cache_gb: float = Field(200, gt=0)  # a worker's S3 download cache, LRU-evicted
     upload_max_file_mb: int = Field(64 * 1024, ge=1)  # one uploaded file, at most
     upload_max_files: int = Field(64, ge=1)  # files of one upload (a model's shards...)
+    # A tenant's pending uploads (created, not completed), all together: what it may hold open
+    # in S3 before completing or abandoning some. A 429 names the setting that was reached.
+    tenant_max_pending_uploads: int = Field(20, ge=1)
+    tenant_max_pending_upload_gb: float = Field(512, gt=0)  # their declared bytes
+    tenant_max_pending_parts: int = Field(4096, ge=1)  # their presigned multipart parts
+    # A pending upload older than this is swept: its multipart uploads aborted, its objects
+    # and row deleted (the reaper's sweep). At least the URLs' lifetime.
+    upload_ttl_s: float = Field(24 * 3600, gt=0)
+    upload_sweep_interval_s: float = Field(300, gt=0)
 
     # ---- the Hugging Face hub as an input ---------------------------------------------------
     hf_allowed: bool = True  # hf: models and datasets at all
@@ -72,8 +81,9 @@ class Settings(BaseSettings):
     # whatever fits beside the model (core.planner).
     cache_budget: ByteSize | None = None
     # The memory of each worker's device(s), declared by the operator: the API refuses at submit
-    # a job whose search cannot fit in it (contract.memory). Unset: no check at submit.
-    worker_memory: ByteSize | None = None
+    # a job whose search cannot fit in it (contract.memory). Set out of the box (a 24 GiB GPU or
+    # host); an operator with larger workers raises it, and an empty value turns the check off.
+    worker_memory: ByteSize | None = ByteSize(24 * 2**30)
     lease_s: float = Field(60, gt=0)
     heartbeat_s: float = Field(15, gt=0)
     progress_write_s: float = Field(1.0, ge=0)  # at most one progress write per this interval
@@ -139,6 +149,8 @@ class Settings(BaseSettings):
         "s3_public_endpoint_url",
         "metrics_token",
         "pushgateway_url",
+        "worker_memory",
+        "cache_budget",
         mode="before",
     )
     @classmethod
@@ -169,6 +181,11 @@ class Settings(BaseSettings):
         for prefix in self.shared_prefixes():
             if not prefix.endswith("/") or ".." in prefix.split("/"):
                 raise ValueError(f"s3_shared_prefixes: {prefix!r} must end with '/', no '..'")
+        if self.upload_ttl_s < self.presign_ttl_s:
+            raise ValueError(
+                "upload_ttl_s must be at least presign_ttl_s: a sweep must not delete an upload "
+                "whose URLs are still in use"
+            )
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("heartbeat_s must be shorter than lease_s (renew before it expires)")
         if not self.task_soft_time_limit_s < self.task_time_limit_s:

@@ -40,9 +40,13 @@ def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 
 
+UPLOADS_PREFIX = "uploads/"  # every tenant's uploads, below it
+
+
 def upload_prefix(tenant_id: str, upload_id: str) -> str:
     """Where a tenant's upload lives in the bucket (with upload_id "": all its uploads)."""
-    return f"uploads/{tenant_id}/{upload_id}/" if upload_id else f"uploads/{tenant_id}/"
+    tenant = f"{UPLOADS_PREFIX}{tenant_id}/"
+    return f"{tenant}{upload_id}/" if upload_id else tenant
 
 
 def parse_s3_uri(uri: str, field: str) -> tuple[str, str]:

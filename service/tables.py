@@ -155,7 +155,9 @@ class Upload(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))  # "model" | "calibration"
     status: Mapped[str] = mapped_column(String(16))  # "pending" | "complete"
-    # [{"name", "size", "multipart_id"?}]: what was announced, checked against S3 on completion
+    # [{"name", "size", "sha256", "multipart_id"?, "parts"?, "etag"?}]: what was announced
+    # (sizes checked against S3 on completion, ETags pinned then; the worker checks size and
+    # sha256 before it uses a file). Older rows may lack sha256, parts and etag.
     files: Mapped[list[Any]]
     created_at: Mapped[datetime] = _now()
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

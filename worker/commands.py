@@ -57,12 +57,15 @@ def run_reaper(args: argparse.Namespace) -> int:
     from service.outbox import Relay, relay_once
     from service.settings import get_settings
     from worker.reaper import ReaperThread, reap_once
+    from worker.sweep import sweep_uploads
 
     settings = get_settings()
     configure_logging(settings.log_format)
     if args.once:
         print(f"re-enqueued {len(reap_once(settings))} jobs")
         print(f"sent {relay_once(settings)} queue messages from the outbox")
+        swept = sweep_uploads(settings)
+        print(f"swept {swept.uploads} abandoned uploads, {swept.multipart} multipart uploads")
         return 0
     relay = Relay(settings)  # what the reaper re-queues goes out through the outbox
     relay.start()

@@ -9,7 +9,7 @@ from contract import JobSpec, Phase
 from core.pipeline import PreparedJob, prepare_job
 from service.db import transaction
 from service.fit import check_bounds
-from service.inputs import resolve_evaluation_data, resolve_input
+from service.inputs import resolve_evaluation_data, resolve_input, upload_pins
 from service.settings import Settings
 from service.storage import s3_client
 from worker.downloads import fetch_calibration, fetch_model
@@ -28,11 +28,17 @@ def prepare(
     with transaction() as session:
         model = resolve_input(session, settings, tenant_id, "model", spec.model)
         calibration = resolve_input(session, settings, tenant_id, "calibration", spec.calibration)
+        pins = {
+            source: upload_pins(session, tenant_id, source)
+            for source in (spec.model, spec.calibration)
+        }
     s3 = s3_client(settings)
     inputs = settings.cache_dir / "s3"
     model_path = calibration_path = None
     if model.startswith("s3://"):
-        model_path = str(fetch_model(s3, model, inputs, shown_as=spec.model))
+        model_path = str(
+            fetch_model(s3, model, inputs, shown_as=spec.model, pinned=pins[spec.model])
+        )
     if calibration.startswith("s3://"):
         calibration_path = str(
             fetch_calibration(
@@ -41,6 +47,7 @@ def prepare(
                 inputs,
                 shown_as=spec.calibration,
                 max_bytes=settings.max_calibration_mb << 20,
+                pinned=pins[spec.calibration],
             )
         )
     evict(inputs, int(settings.download_cache_gb * 2**30))
@@ -61,13 +68,18 @@ def fetch_evaluation_data(spec: JobSpec, tenant_id: str, settings: Settings) -> 
     against the tenant's reach like the calibration text and fetched from S3 where they live."""
     with transaction() as session:
         resolved = resolve_evaluation_data(session, settings, tenant_id, spec)
+        pins = {source: upload_pins(session, tenant_id, source) for source in resolved}
     s3 = s3_client(settings)
     inputs = settings.cache_dir / "s3"
     paths = {}
     for source, where in resolved.items():
         if where.startswith("s3://"):
             limit = settings.max_calibration_mb << 20
-            where = str(fetch_calibration(s3, where, inputs, shown_as=source, max_bytes=limit))
+            where = str(
+                fetch_calibration(
+                    s3, where, inputs, shown_as=source, max_bytes=limit, pinned=pins[source]
+                )
+            )
         paths[source] = where
     evict(inputs, int(settings.download_cache_gb * 2**30))
     return paths

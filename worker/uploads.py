@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
+from contract.sources import sha256_file
 from service.settings import Settings
 from service.storage import MANIFEST_NAME, job_prefix
 
@@ -17,14 +17,6 @@ MIB = 2**20
 
 class UploadVerificationError(RuntimeError):
     """An uploaded object does not match the local file (size or sha256)."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(MIB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def upload_export(s3: Any, settings: Settings, out_dir: Path, job_id: str) -> list[dict]:

@@ -1,11 +1,17 @@
 """/v1/uploads: a tenant puts a model folder or a calibration file in S3 through presigned URLs,
 under uploads/<tenant id>/<upload id>/, and names it in jobs as `upload:<id>`.
 
-1. POST /v1/uploads with the file names and sizes: presigned PUT URLs, and for files above the
-   multipart threshold one URL per part.
-2. PUT each file (or part) to its URL; keep each part's ETag header.
+1. POST /v1/uploads with the file names, sizes and sha256: presigned PUT URLs, and for files
+   above the multipart threshold one URL per part. A tenant's pending uploads are bounded (count,
+   declared bytes, parts: BLOCKPRUNE_TENANT_MAX_PENDING_*), and swept when abandoned.
+2. PUT each file (or part) to its URL, with the `headers` given; keep each part's ETag header.
 3. POST /v1/uploads/{id}/complete with the parts' ETags: the service finishes the multipart
-   uploads and checks every file's size in S3. Then jobs may use it.
+   uploads, checks every file's size in S3 and pins its ETag. Then jobs may use it.
+
+No URL writes after that: a whole-file URL is signed with `If-None-Match: *` (S3 refuses a PUT
+over an existing object, and the signature refuses one without the header), and a part's URL
+names a multipart upload that completing ended. The worker checks each file's size and sha256
+against this row before it uses them (worker.downloads), whatever happened in S3 meanwhile.
 """
 
 from __future__ import annotations
@@ -30,11 +36,17 @@ from service.tables import Upload
 router = APIRouter(prefix="/uploads", tags=["uploads"], responses=ERROR_RESPONSES)
 MIB = 2**20
 FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._\-]{0,199}$"  # one folder level: no paths, no dot files
+S3_MAX_PARTS = 10_000  # of one multipart upload, in S3 and MinIO
+WRITE_ONCE = {"If-None-Match": "*"}  # signed into whole-file URLs: no PUT over what is there
 
 
 class FileSpec(BaseModel):
     name: str = Field(pattern=FILE_NAME, description="the file's name, e.g. config.json")
     size: int = Field(ge=0, strict=True, description="its size in bytes (checked on completion)")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="its SHA-256, hex: the worker checks it before it uses the file",
+    )
 
 
 class UploadCreate(BaseModel):
@@ -54,6 +66,9 @@ class UploadFile(BaseModel):
     name: str
     size: int
     url: str | None = Field(None, description="PUT the whole file here (small files)")
+    headers: dict[str, str] | None = Field(
+        None, description="send these headers with that PUT (they are part of its signature)"
+    )
     parts: list[PartUrl] | None = Field(
         None, description="or PUT each part_size_bytes slice here, in order (large files)"
     )
@@ -85,6 +100,7 @@ def create_upload(
     body: UploadCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep
 ) -> UploadView:
     _check_files(body, settings)
+    _check_quota(session, tenant, body, settings)  # locks the tenant's row until the commit
     upload_id = str(uuid.uuid4())
     prefix = upload_prefix(tenant, upload_id)
     s3, public = s3_client(settings), s3_client(settings, public=True)
@@ -93,11 +109,11 @@ def create_upload(
     views = []
     for f in body.files:
         key = prefix + f.name
-        entry: dict[str, Any] = {"name": f.name, "size": f.size}
-        if f.size > settings.s3_multipart_threshold_mb * MIB:
+        entry: dict[str, Any] = {"name": f.name, "size": f.size, "sha256": f.sha256}
+        count = _parts(f.size, settings)
+        if count:
             multipart = s3.create_multipart_upload(Bucket=settings.s3_bucket, Key=key)
-            entry["multipart_id"] = multipart["UploadId"]
-            count = math.ceil(f.size / part_size)
+            entry["multipart_id"], entry["parts"] = multipart["UploadId"], count
             parts = [
                 PartUrl(
                     part_number=n,
@@ -113,8 +129,8 @@ def create_upload(
             ]
             views.append(UploadFile(name=f.name, size=f.size, parts=parts))
         else:
-            url = _presign(public, settings, "put_object", key, {})
-            views.append(UploadFile(name=f.name, size=f.size, url=url))
+            url = _presign(public, settings, "put_object", key, {"IfNoneMatch": "*"})
+            views.append(UploadFile(name=f.name, size=f.size, url=url, headers=WRITE_ONCE))
         files.append(entry)
     uploadstore.create_upload(session, tenant, upload_id, body.kind, files)
     session.commit()
@@ -137,17 +153,18 @@ def complete_upload(
     tenant: TenantDep,
     settings: SettingsDep,
 ) -> UploadView:
-    """Finish the multipart files and check that every file is in S3 with its announced size.
-    Completing a complete upload again changes nothing."""
+    """Finish the multipart files, check that every file is in S3 with its announced size and
+    pin its ETag. Completing a complete upload again changes nothing."""
     upload = _own_upload(session, tenant, upload_id, lock=True)
     if upload.status == "pending":
         s3 = s3_client(settings)
         prefix = upload_prefix(tenant, upload.id)
+        pinned = []
         for f in upload.files:
             if "multipart_id" in f:
                 _finish_multipart(s3, settings, prefix + f["name"], f, body.parts.get(f["name"]))
-            _check_stored(s3, settings, prefix + f["name"], f)
-        uploadstore.mark_complete(session, upload)
+            pinned.append({**f, "etag": _check_stored(s3, settings, prefix + f["name"], f)})
+        uploadstore.mark_complete(session, upload, pinned)
         session.commit()
     return _view(upload, settings)
 
@@ -168,6 +185,12 @@ def _check_files(body: UploadCreate, settings: Settings) -> None:
     for n, f in enumerate(body.files):
         if f.size > settings.upload_max_file_mb * MIB:
             raise _invalid(f"files.{n}.size", f"at most {settings.upload_max_file_mb} MiB a file")
+        if _parts(f.size, settings) > S3_MAX_PARTS:  # S3 would refuse to complete it
+            raise _invalid(
+                f"files.{n}.size",
+                f"over {S3_MAX_PARTS:,} parts of {settings.s3_multipart_chunk_mb} MiB "
+                "(BLOCKPRUNE_S3_MULTIPART_CHUNK_MB)",
+            )
     if body.kind == "calibration":
         if len(names) != 1 or not names[0].endswith(CALIBRATION_SUFFIXES):
             raise _invalid("files", "a calibration upload is one .txt or .jsonl file")
@@ -180,6 +203,50 @@ def _check_files(body: UploadCreate, settings: Settings) -> None:
         raise _invalid("files", f"not a model file the service reads: {', '.join(other)}")
     if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
         raise _invalid("files", "a model upload needs config.json and *.safetensors weights")
+
+
+def _parts(size: int, settings: Settings) -> int:
+    """The presigned parts of a file of `size` bytes: 0 for one whole-file PUT."""
+    if size <= settings.s3_multipart_threshold_mb * MIB:
+        return 0
+    return math.ceil(size / (settings.s3_multipart_chunk_mb * MIB))
+
+
+def _check_quota(session: Session, tenant: str, body: UploadCreate, settings: Settings) -> None:
+    """What the tenant's pending uploads hold open in S3, with this one, within its quotas: 413
+    for an upload over a quota by itself, else 429 until some complete or are swept."""
+    held = uploadstore.pending_usage(session, tenant)
+    adds = {
+        "uploads": 1,
+        "bytes": sum(f.size for f in body.files),
+        "parts": sum(_parts(f.size, settings) for f in body.files),
+    }
+    limits = {
+        "uploads": (settings.tenant_max_pending_uploads, "BLOCKPRUNE_TENANT_MAX_PENDING_UPLOADS"),
+        "bytes": (
+            int(settings.tenant_max_pending_upload_gb * 2**30),
+            "BLOCKPRUNE_TENANT_MAX_PENDING_UPLOAD_GB",
+        ),
+        "parts": (settings.tenant_max_pending_parts, "BLOCKPRUNE_TENANT_MAX_PENDING_PARTS"),
+    }
+    for what, (limit, setting) in limits.items():
+        if adds[what] > limit:
+            raise ApiError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"files: this upload declares {adds[what]:,} {what}, over the {limit:,} a tenant "
+                f"may hold pending ({setting})",
+                field="files",
+            )
+        if held[what] + adds[what] > limit:
+            raise ApiError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"files: this tenant's pending uploads hold {held[what]:,} {what}; with this one "
+                f"{held[what] + adds[what]:,}, over the {limit:,} allowed ({setting}). Complete "
+                f"or abandon some: a pending upload is swept after "
+                f"{settings.upload_ttl_s:g} s (BLOCKPRUNE_UPLOAD_TTL_S)",
+                field="files",
+                headers={"Retry-After": str(settings.quota_retry_after_s)},
+            )
 
 
 def _finish_multipart(
@@ -208,13 +275,17 @@ def _finish_multipart(
         raise
 
 
-def _check_stored(s3: Any, settings: Settings, key: str, f: dict) -> None:
+def _check_stored(s3: Any, settings: Settings, key: str, f: dict) -> str:
+    """The stored object's ETag, once its size is the announced one."""
     try:
-        size = s3.head_object(Bucket=settings.s3_bucket, Key=key)["ContentLength"]
+        head = s3.head_object(Bucket=settings.s3_bucket, Key=key)
     except s3.exceptions.ClientError:
         raise _invalid("files", f"{f['name']} was not uploaded") from None
-    if size != f["size"]:
-        raise _invalid("files", f"{f['name']} is {size} bytes, announced {f['size']}")
+    if head["ContentLength"] != f["size"]:
+        raise _invalid(
+            "files", f"{f['name']} is {head['ContentLength']} bytes, announced {f['size']}"
+        )
+    return str(head["ETag"])
 
 
 def _own_upload(session: Session, tenant: str, upload_id: str, lock: bool = False) -> Upload:

@@ -104,7 +104,8 @@ class UploadFile(BaseModel):
     model_config = _IGNORE
     name: str
     size: int
-    url: str | None = None  # PUT the whole file here...
+    url: str | None = None  # PUT the whole file here (with `headers`)...
+    headers: dict[str, str] | None = None
     parts: list[PartUrl] | None = None  # ...or each part_size_bytes slice to its URL
 
 

@@ -88,14 +88,30 @@ class Session:
         return self.retrying(attempt, retry, f"{method} {self.base_url}{path}")
 
     # ---- presigned URLs (S3) -----------------------------------------------------------------
-    def put(self, url: str, what: str, path: Path, offset: int = 0, size: int | None = None) -> str:
-        """PUT `size` bytes of the file at `offset` (all of it by default); the ETag."""
+    def put(
+        self,
+        url: str,
+        what: str,
+        path: Path,
+        offset: int = 0,
+        size: int | None = None,
+        headers: dict[str, str] | None = None,
+        written_once: bool = False,
+    ) -> str:
+        """PUT `size` bytes of the file at `offset` (all of it by default), with the `headers`
+        the URL was signed with; the ETag. `written_once`: the URL takes one PUT (signed with
+        If-None-Match: *), so a retry's 412 means an earlier try got through."""
+        tries = 0
 
         def attempt() -> str:
+            nonlocal tries
+            tries += 1
             with path.open("rb") as f:
                 f.seek(offset)
                 body = f.read(size) if size is not None else f
-                response = self.http.put(url, content=body)
+                response = self.http.put(url, content=body, headers=headers)
+            if written_once and tries > 1 and response.status_code == 412:
+                return ""  # stored by a try whose answer was lost: /complete checks its size
             _check_storage(response, what)
             return response.headers.get("ETag", "")
 

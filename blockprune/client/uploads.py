@@ -2,10 +2,12 @@
 through the API's upload flow (api/routers/uploads.py), and get the `upload:<id>` that jobs
 name in `model`, `calibration` or `evaluation.data`.
 
-1. POST /v1/uploads with the files' names and sizes: a presigned PUT URL for each file, or one
-   per part for a file above the service's multipart threshold.
-2. PUT each file, or each `part_size_bytes` slice of it, keeping every part's ETag.
-3. POST /v1/uploads/{id}/complete with the ETags: the service checks every size.
+1. POST /v1/uploads with the files' names, sizes and sha256: a presigned PUT URL for each file,
+   or one per part for a file above the service's multipart threshold.
+2. PUT each file (with the headers its URL was signed with), or each `part_size_bytes` slice of
+   it, keeping every part's ETag.
+3. POST /v1/uploads/{id}/complete with the ETags: the service checks every size; the worker
+   checks every sha256 before it uses a file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from blockprune.client.errors import ClientError
 from blockprune.client.models import Upload
 from blockprune.client.session import Session
-from contract.sources import CALIBRATION_SUFFIXES, SAFE_SUFFIXES
+from contract.sources import CALIBRATION_SUFFIXES, SAFE_SUFFIXES, sha256_file
 
 
 class Uploads:
@@ -47,8 +49,9 @@ class Uploads:
         return Upload.model_validate(self._s.api("GET", f"/v1/uploads/{upload_id}"))
 
     def _upload(self, kind: str, files: list[Path]) -> str:
-        sizes = {p.name: p.stat().st_size for p in files}
-        announced = [{"name": name, "size": size} for name, size in sizes.items()]
+        announced = [
+            {"name": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)} for p in files
+        ]
         # Not retried: each POST makes a new upload; a lost answer leaves an unused one.
         view = Upload.model_validate(
             self._s.api("POST", "/v1/uploads", json={"kind": kind, "files": announced}, retry=False)
@@ -57,7 +60,7 @@ class Uploads:
         parts: dict[str, list[dict[str, object]]] = {}
         for f in view.files:
             if f.url is not None:
-                self._s.put(f.url, f.name, paths[f.name])
+                self._s.put(f.url, f.name, paths[f.name], headers=f.headers, written_once=True)
                 continue
             for part in f.parts or []:
                 offset = (part.part_number - 1) * view.part_size_bytes

@@ -16,6 +16,7 @@ from schemathesis import GenerationMode
 from api.app import create_app
 
 from .corpus import JOB
+from .helpers import announce
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())
 schema.config.generation.update(
@@ -47,7 +48,7 @@ def _plausible(value):
             fixed.pop(name, None)
         fixed.update(num_blocks=1, metadata={"team": "search"})
     if fixed.get("kind") == "calibration" and isinstance(fixed.get("files"), list):
-        fixed["files"] = [{"name": "t.txt", "size": 3}]
+        fixed["files"] = [announce("t.txt", b"abc")]
     return fixed
 
 
@@ -136,7 +137,7 @@ def hostile_stack(service, workers, key_a, s3_server):
     body = {"model": "builtin:smollm2-135m", "calibration": "builtin:stdlib-docs", "num_blocks": 1}
     for _ in range(3):
         REAL_IDS.append(service.post("/v1/jobs", json=body, headers=key_a).json()["id"])
-    files = {"kind": "calibration", "files": [{"name": "t.txt", "size": 3}]}
+    files = {"kind": "calibration", "files": [announce("t.txt", b"abc")]}
     REAL_IDS.append(service.post("/v1/uploads", json=files, headers=key_a).json()["id"])
     yield key_a
     queue.send = original

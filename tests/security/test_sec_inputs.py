@@ -8,7 +8,7 @@ from svc.fixtures import BUCKET
 from svc.helpers import job_body, wait_for
 from svc.test_svc_jobs import engine_result
 
-from .helpers import model_files, upload
+from .helpers import announce, model_files, upload
 
 
 @pytest.fixture(scope="module")
@@ -122,17 +122,17 @@ def test_hub_sources_follow_the_operators_setting(service, key_a, tiny_llama):
 
 
 def test_uploads_refuse_what_is_never_loaded(service, key_a):
-    def announce(kind, *names):
-        files = [{"name": n, "size": 10} for n in names]
+    def offer(kind, *names):
+        files = [announce(n, b"0123456789") for n in names]
         return service.post("/v1/uploads", json={"kind": kind, "files": files}, headers=key_a)
 
     cases = [
-        (announce("model", "config.json", "pytorch_model.bin"), "pickle weights"),
-        (announce("model", "config.json"), "needs config.json and *.safetensors"),
-        (announce("model", "../config.json", "model.safetensors"), "files.0.name"),
-        (announce("model", "config.json", "model.safetensors", "run.sh"), "not a model file"),
-        (announce("calibration", "a.txt", "b.txt"), "one .txt or .jsonl"),
-        (announce("calibration", "data.csv"), "one .txt or .jsonl"),
+        (offer("model", "config.json", "pytorch_model.bin"), "pickle weights"),
+        (offer("model", "config.json"), "needs config.json and *.safetensors"),
+        (offer("model", "../config.json", "model.safetensors"), "files.0.name"),
+        (offer("model", "config.json", "model.safetensors", "run.sh"), "not a model file"),
+        (offer("calibration", "a.txt", "b.txt"), "one .txt or .jsonl"),
+        (offer("calibration", "data.csv"), "one .txt or .jsonl"),
     ]
     for answer, message in cases:
         assert answer.status_code == 422, answer.text
@@ -144,13 +144,14 @@ def test_an_upload_completes_only_as_announced(service, key_a):
     pending upload cannot be used by a job."""
     import httpx
 
-    files = [{"name": "a.txt", "size": 5}]
+    files = [announce("a.txt", b"12345")]
     view = service.post(
         "/v1/uploads", json={"kind": "calibration", "files": files}, headers=key_a
     ).json()
     early = service.post(f"/v1/uploads/{view['id']}/complete", json={}, headers=key_a)
     assert early.status_code == 422 and "was not uploaded" in early.json()["error"]["message"]
-    httpx.put(view["files"][0]["url"], content=b"1234").raise_for_status()  # 4 bytes, not 5
+    put = view["files"][0]
+    httpx.put(put["url"], content=b"1234", headers=put["headers"]).raise_for_status()  # 4, not 5
     short = service.post(f"/v1/uploads/{view['id']}/complete", json={}, headers=key_a)
     assert (
         short.status_code == 422 and "is 4 bytes, announced 5" in short.json()["error"]["message"]
@@ -179,5 +180,5 @@ def test_large_files_go_up_in_parts(service, key_a):
     finally:
         service.app.dependency_overrides.clear()
     assert view["status"] == "complete" and view["files"] == [
-        {"name": "big.txt", "size": len(text), "url": None, "parts": None}
+        {"name": "big.txt", "size": len(text), "url": None, "headers": None, "parts": None}
     ]

@@ -5,13 +5,22 @@ from __future__ import annotations
 import pytest
 
 BUILTIN = {"model": "builtin:smollm2-135m", "calibration": "builtin:stdlib-docs", "num_blocks": 2}
+# A job that passes every check at submit (its config.json is there) and fails fast on a worker
+# (no weights).
 MISSING_MODEL = {
-    "model": "s3://blockprune-test/models/no-such-model/",
+    "model": "s3://blockprune-test/models/config-only/",
     "calibration": "builtin:stdlib-docs",
     "num_blocks": 1,
     "samples": 2,
     "seq_len": 8,
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def config_only_model(s3_server, tiny_llama):
+    config = s3_server.get_object(Bucket="blockprune-test", Key="models/tiny-llama/config.json")
+    body = config["Body"].read()
+    s3_server.put_object(Bucket="blockprune-test", Key="models/config-only/config.json", Body=body)
 
 
 def test_auth_is_required(service, key_a):
@@ -165,7 +174,7 @@ def test_health_and_readiness(service):
 
 
 def test_an_upload_size_must_be_a_number_not_a_string(service, key_a):
-    body = {"kind": "model", "files": [{"name": "config.json", "size": "10"}]}
+    body = {"kind": "model", "files": [{"name": "config.json", "size": "10", "sha256": "0" * 64}]}
     answer = service.post("/v1/uploads", json=body, headers=key_a)
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"]

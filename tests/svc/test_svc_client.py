@@ -3,6 +3,7 @@ workers, moto S3), and the client's retries against transports that fail on purp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -197,17 +198,28 @@ def test_a_multipart_upload_sends_every_part_and_its_etag(tmp_path):
         if request.url.host == "s3.test":
             assert "Authorization" not in request.headers  # a presigned URL is its own auth
             received[request.url.path] = request.read()
+            if request.url.path == "/config":  # sent with the headers its URL was signed with
+                assert request.headers["If-None-Match"] == "*"
             return httpx.Response(200, headers={"ETag": f'"{request.url.path}"'})
         assert request.headers["Authorization"] == "Bearer bp_x"
         if request.url.path == "/v1/uploads":
             announced = json.loads(request.read())["files"]
             assert announced == [
-                {"name": "config.json", "size": 2},
-                {"name": "model.safetensors", "size": 10},
+                {"name": "config.json", "size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()},
+                {
+                    "name": "model.safetensors",
+                    "size": 10,
+                    "sha256": hashlib.sha256(b"0123456789").hexdigest(),
+                },
             ]
             parts = [{"part_number": n, "url": f"http://s3.test/w/{n}"} for n in (1, 2, 3)]
             files = [
-                {"name": "config.json", "size": 2, "url": "http://s3.test/config"},
+                {
+                    "name": "config.json",
+                    "size": 2,
+                    "url": "http://s3.test/config",
+                    "headers": {"If-None-Match": "*"},
+                },
                 {"name": "model.safetensors", "size": 10, "parts": parts},
             ]
             return httpx.Response(201, json=view("pending", files))

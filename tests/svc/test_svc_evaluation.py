@@ -106,7 +106,8 @@ def test_evaluation_texts_are_checked_like_calibration_texts(service, key_a, key
         error = answer.json()["error"]
         assert error["code"] == code and error["field"] == "evaluation.data[1]", error
     mine = upload(service, key_a, "calibration", {"t.txt": b"text of tenant a " * 50})
-    body = job_body(tiny_llama, evaluation={"data": [mine["ref"]]}, num_blocks=1)
+    evaluation = {"data": [mine["ref"]], "seq_len": 64}  # the tiny model has 128 positions
+    body = job_body(tiny_llama, evaluation=evaluation, num_blocks=1)
     answer = service.post("/v1/jobs", json=body, headers=key_a)
     assert answer.status_code == 201, answer.text
     service.post(f"/v1/jobs/{answer.json()['id']}/cancel", headers=key_a)

@@ -48,3 +48,20 @@ def test_s3_model_is_planned_from_its_config_json(service, key_a, tiny_llama):
     )
     assert missing.status_code == 422, missing.text
     assert missing.json()["error"]["code"] == "missing_config", missing.text
+
+
+def test_a_worker_memory_is_declared_out_of_the_box(service, key_a):
+    """The review's 201 for a shape no worker holds: refused at submit by the default budget
+    (24 GiB), which an operator raises or empties (no check)."""
+    from service.settings import Settings
+
+    assert Settings().worker_memory == 24 * 2**30
+    body = {"model": "builtin:smollm2-135m", "calibration": "builtin:stdlib-docs"}
+    body |= {"num_blocks": 2, "samples": 64, "seq_len": 8192}
+    refused = service.post("/v1/jobs", json=body, headers=key_a)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "does_not_fit" and "BLOCKPRUNE_WORKER_MEMORY" in error["message"]
+    unchecked = submit(service, key_a, {"worker_memory": None}, body)
+    assert unchecked.status_code == 201, unchecked.text
+    service.post(f"/v1/jobs/{unchecked.json()['id']}/cancel", headers=key_a)

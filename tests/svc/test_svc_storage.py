@@ -31,8 +31,9 @@ class Recording:
 
 
 def test_upload_is_multipart_verified_and_manifest_last(s3_server, tmp_path):
+    from contract.sources import sha256_file
     from service.settings import get_settings
-    from worker.uploads import sha256_file, upload_export
+    from worker.uploads import upload_export
 
     settings = get_settings().model_copy(
         update={"s3_multipart_threshold_mb": 5, "s3_multipart_chunk_mb": 5}

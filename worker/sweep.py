@@ -1,0 +1,79 @@
+"""The upload sweep: what abandoned uploads hold in S3, given back.
+
+A pending upload whose tenant never completed it keeps its multipart uploads open (S3 keeps and
+bills their parts) and counts against the tenant's pending quotas. After `upload_ttl_s` (at
+least the URLs' lifetime, so no client is still writing) the sweep aborts its multipart uploads,
+deletes its objects and its row. Multipart uploads under uploads/ that no row knows (an API
+process that died between S3 and its commit) are aborted after the same time.
+
+It runs in the reaper's thread every `upload_sweep_interval_s`; rows are taken with SKIP LOCKED,
+so reapers on every worker share the work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from service import uploadstore
+from service.db import transaction
+from service.settings import Settings
+from service.storage import UPLOADS_PREFIX, s3_client, upload_prefix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Swept:
+    uploads: int = 0  # pending rows deleted, with their objects
+    multipart: int = 0  # multipart uploads aborted
+
+
+def sweep_uploads(settings: Settings, s3: Any | None = None) -> Swept:
+    """One pass over the pending uploads older than `upload_ttl_s`, then over S3's multipart
+    uploads under uploads/ as old."""
+    s3 = s3 if s3 is not None else s3_client(settings)
+    swept, bucket = Swept(), settings.s3_bucket
+    with transaction() as session:
+        for upload in uploadstore.abandoned(session, settings.upload_ttl_s):
+            for f in upload.files:
+                if "multipart_id" in f:
+                    key = upload_prefix(upload.tenant_id, upload.id) + f["name"]
+                    _abort(s3, bucket, key, f["multipart_id"])
+                    swept.multipart += 1
+            _delete_prefix(s3, bucket, upload_prefix(upload.tenant_id, upload.id))
+            session.delete(upload)
+            swept.uploads += 1
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=settings.upload_ttl_s)
+    pages = s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix=UPLOADS_PREFIX
+    )
+    for page in pages:
+        for mp in page.get("Uploads", []):
+            if mp["Initiated"] < cutoff:
+                _abort(s3, bucket, mp["Key"], mp["UploadId"])
+                swept.multipart += 1
+    if swept.uploads or swept.multipart:
+        log.info(
+            "upload sweep: %d abandoned uploads, %d multipart uploads",
+            swept.uploads,
+            swept.multipart,
+        )
+    return swept
+
+
+def _abort(s3: Any, bucket: str, key: str, upload_id: str) -> None:
+    try:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except s3.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+            raise  # gone already is what we wanted
+
+
+def _delete_prefix(s3: Any, bucket: str, prefix: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
