@@ -122,7 +122,8 @@ class ReaperThread(threading.Thread):
     def run(self) -> None:
         webhooks = WebhookSender(self.settings)  # a slow receiver holds its threads, not ours
         judge_from = 0.0  # monotonic time from which expired leases are judged
-        sweep_at = time.monotonic()  # when the next upload sweep is due
+        # The first upload sweep waits an interval too: a worker's start is busy enough.
+        sweep_at = time.monotonic() + self.settings.upload_sweep_interval_s
         try:
             while not self._stopped.wait(self.settings.reaper_interval_s):
                 try:
