@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 
@@ -52,6 +53,9 @@ OFFSPRING = 12
 CONFIRM = 2
 SCREEN_SEQUENCES = 2
 OBJECTIVE = "kl"  # or "nll" (the calibration PPL): measured in bench/fidelity.py
+# A child replaces the parent when its mean objective is lower by this many standard errors of
+# their paired per-sequence differences (0: lower at all).
+ACCEPT_MARGIN = 0.0
 TOP_K = 256  # the dense tokens that the KL objective compares at each position
 RemovedSet = frozenset[Block]
 RNG_VERSION = random.getstate()[0]  # the Mersenne Twister state's format (3 since Python 3.2)
@@ -141,6 +145,7 @@ def evolve(
     generations: int = GENERATIONS,
     offspring: int = OFFSPRING,
     objective: str = OBJECTIVE,
+    accept_margin: float = ACCEPT_MARGIN,
     *,
     record: EvolutionRecord | None = None,
     on_generation: Callable[[EvolutionRecord], None] | None = None,
@@ -188,7 +193,7 @@ def evolve(
         screened = sorted(children, key=lambda c: (fitness(c, screen_only=True), _key(c)))
         since_better += 1
         for child in screened[:CONFIRM]:  # a child can lose the screen and win on all
-            if fitness(child) < best_fit:
+            if fitness.improves(child, best, accept_margin):
                 best, best_fit, since_better = child, fitness(child), 0
         log.info("evo generation %d: best mean %s %.4f", generation + 1, objective, best_fit)
         record = record.model_copy(
@@ -217,15 +222,32 @@ class _Fitness:
         self.cache = ActivationCache(bm, input_ids, chunk)
         self.cache.build([])
         self.score = _kl_score(bm, self.cache) if objective == "kl" else _nll_score(bm, self.cache)
-        self.scored: dict[tuple[RemovedSet, bool], float] = {}
+        self.scored: dict[tuple[RemovedSet, bool], list[float]] = {}
 
     def __call__(self, removed: RemovedSet, screen_only: bool = False) -> float:
+        values = self.sequences(removed, screen_only)
+        return torch.tensor(values, dtype=torch.float64).mean().item()
+
+    def sequences(self, removed: RemovedSet, screen_only: bool = False) -> list[float]:
+        """The objective of each sequence (of the screen's, or all)."""
         if (removed, screen_only) not in self.scored:
             unit = tuple(_sorted(removed))
             screen = range(1) if screen_only else None
             values = self.cache.sequence_scores(unit, self.score, screen)
-            self.scored[removed, screen_only] = values.double().mean().item()
+            self.scored[removed, screen_only] = values.double().tolist()
         return self.scored[removed, screen_only]
+
+    def improves(self, child: RemovedSet, parent: RemovedSet, margin: float) -> bool:
+        """The child's mean beats the parent's; with `margin` > 0, by at least `margin` standard
+        errors of their paired per-sequence differences (a gain the calibration's noise could
+        not give)."""
+        if margin <= 0:
+            return self(child) < self(parent)
+        diffs = [c - p for c, p in zip(self.sequences(child), self.sequences(parent), strict=True)]
+        n = len(diffs)
+        d = math.fsum(diffs) / n
+        spread = math.sqrt(math.fsum((x - d) ** 2 for x in diffs) / (n - 1)) if n > 1 else 0.0
+        return d < -margin * spread / math.sqrt(n)
 
 
 def _nll_score(bm: BlockModel, cache: ActivationCache) -> Score:
