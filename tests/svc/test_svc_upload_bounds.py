@@ -252,3 +252,21 @@ def test_a_job_on_an_upload_changed_after_complete_fails_on_its_first_attempt(
     assert done["error"]["code"] == "invalid_input" and done["error"]["field"] == "calibration"
     assert "c.txt changed after the upload was completed" in done["error"]["message"]
     assert done["attempts"] == 1
+
+
+def test_a_file_s3_could_not_complete_is_refused_at_once(service, tenant):
+    """More parts than S3 takes in one multipart upload (10,000) would be refused only at
+    /complete, after every byte went up."""
+    settings_with(service, s3_multipart_threshold_mb=5, s3_multipart_chunk_mb=5)
+    try:
+        files = [declare("big.txt", 10_001 * 5 * 2**20)]
+        answer = service.post(
+            "/v1/uploads", json={"kind": "calibration", "files": files}, headers=tenant
+        )
+    finally:
+        service.app.dependency_overrides.clear()
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert (
+        error["field"] == "files.0.size" and "BLOCKPRUNE_S3_MULTIPART_CHUNK_MB" in error["message"]
+    )
