@@ -18,8 +18,9 @@ import math
 from collections.abc import Sequence
 
 # How far behind the leader a candidate may be and race on, in standard errors of its NLL
-# difference to the leader over the full set (core.racing). Chosen on WikiText-2 valid
-# (bench/racing.py); README reports the agreement on other data.
+# difference to the leader over the full set (`survivors`). Chosen on WikiText-2 valid
+# (bench/racing.py); docs/racing.md reports the agreement on other texts and on shuffled
+# sequence orders (bench/racing_screen.py).
 DEFAULT_RACE_MARGIN = 3.0
 # Below 4 sequences the spread of the NLL differences cannot be estimated.
 MIN_RACE_SLICE = 4
@@ -98,8 +99,16 @@ def survivors(nlls: Sequence[Sequence[float]], total: int, margin: float) -> lis
     equal ones) always does; another does while its mean paired difference to the leader, d,
     is at most `margin` standard errors of the full-set mean difference:
 
-        se = s * sqrt(m / (total * n))    s: the differences' standard deviation,
-                                          n sequences seen, m = total - n to come
+        se = s * sqrt(m / (total * n))    n sequences seen, m = total - n to come
+        s  = max(the candidate's own spread of differences, the pooled spread)
+
+    The pooled spread is the root mean square of the spreads of every candidate racing (the
+    leader aside). A first slice of 4 sequences estimates one candidate's spread from 3 degrees
+    of freedom, and on heavy-tailed text (a few sequences that hurt a block far more than the
+    rest) those 4 can hide most of it: the exact winner then trails by more than a few of its
+    own standard errors and is dropped. Pooled over the race, the spread is estimated from
+    every candidate's differences, and a candidate's own wider spread still counts
+    (bench/racing_screen.py measures both rules on shuffled sequence orders).
 
     Plain floats, so the engine (core.racing) and the service's closing write decide alike."""
     n = len(nlls[0]) if nlls else 0
@@ -108,14 +117,19 @@ def survivors(nlls: Sequence[Sequence[float]], total: int, margin: float) -> lis
     if math.isinf(margin) or n < 2:
         return list(range(len(nlls)))
     scale = math.sqrt((total - n) / (total * n))
-    kept = []
-    for i, row in enumerate(nlls):
-        diff = [a - b for a, b in zip(row, nlls[leader], strict=True)]
-        d = math.fsum(diff) / n
-        s = math.sqrt(math.fsum((x - d) ** 2 for x in diff) / (n - 1))
-        if i == leader or d <= margin * s * scale:
-            kept.append(i)
-    return kept
+    diffs = [[a - b for a, b in zip(row, nlls[leader], strict=True)] for row in nlls]
+    mean_diffs = [math.fsum(diff) / n for diff in diffs]
+    spreads = [
+        math.sqrt(math.fsum((x - d) ** 2 for x in diff) / (n - 1))
+        for diff, d in zip(diffs, mean_diffs, strict=True)
+    ]
+    others = [s for i, s in enumerate(spreads) if i != leader]
+    pooled = math.sqrt(math.fsum(s * s for s in others) / len(others)) if others else 0.0
+    return [
+        i
+        for i, (d, s) in enumerate(zip(mean_diffs, spreads, strict=True))
+        if i == leader or d <= margin * max(s, pooled) * scale
+    ]
 
 
 def race_work(raced: Sequence[int], stage_ends: Sequence[int]) -> float:

@@ -25,7 +25,7 @@ def picks(state: SearchState) -> list[tuple[str, int, float]]:
 def test_survivors_keep_the_leader_and_drop_a_consistently_worse_candidate():
     nlls = [
         [2.0, 3.0, 2.5, 4.0],  # leader (mean 2.875)
-        [2.5, 3.5, 3.0, 4.5],  # 0.5 worse on every sequence: no spread, dropped
+        [3.5, 4.5, 4.0, 5.5],  # 1.5 worse on every sequence: past the race's spread, dropped
         [1.0, 4.9, 2.0, 4.0],  # worse on average, but by a wide spread: kept
         [2.0, 3.0, 2.5, 4.0],  # a tie with the leader: kept
     ]
@@ -38,6 +38,17 @@ def test_survivors_keep_the_leader_and_drop_a_consistently_worse_candidate():
         2,
         3,
     ]  # no spread from 1
+
+
+def test_a_candidate_whose_few_differences_agree_is_judged_by_the_races_spread():
+    """Heavy tails: 4 sequences on which a block trails by the same 0.5 say little about the
+    12 to come when the other candidates' differences spread widely; alone with the leader,
+    its own (zero) spread and the race's are the same, and it is dropped."""
+    leader, steady, wide = [2.0, 3.0, 2.5, 4.0], [2.5, 3.5, 3.0, 4.5], [1.0, 4.9, 2.0, 4.0]
+    assert survivors([leader, steady, wide], total=16, margin=3.0) == [0, 1, 2]
+    assert survivors([leader, steady], total=16, margin=3.0) == [0]
+    # Its own wider spread still counts where the race's is narrow.
+    assert survivors([leader, wide, steady, leader], total=16, margin=3.0) == [0, 1, 2, 3]
 
 
 def test_the_margin_shrinks_as_fewer_sequences_are_left():
@@ -128,7 +139,10 @@ def test_a_candidate_that_looks_bad_early_but_wins_late_is_kept():
     exact = {b: ppl_from_nlls(cache.sequence_nlls((b,))[0]) for b in bm.candidates()}
     assert unit == (winner,) and ppl == exact[winner] == min(exact.values())
     assert any((k.kind, k.layer) == (winner.kind, winner.layer) for k in record.stages[0].kept)
-    assert record.work < 1 and len(record.stages[1].kept) < record.stages[1].raced  # a real cut
+    # On 8 candidates of a tiny random model the race's spread is wide, and margin 3 keeps all
+    # to the last stage; a smaller one cuts early, and keeps the late winner too.
+    _, tight, cut = race_iteration(cache, units, [4, 8, 16], 1.0, 1)  # type: ignore[misc]
+    assert tight == (winner,) and cut.work < 1 and len(cut.stages[1].kept) < cut.stages[1].raced
     # The fixed cut this replaces keeps only the leader: it would have lost the winner.
     assert race_iteration(cache, units, [4, 8, 16], 0.0, 1)[1] != (winner,)  # type: ignore[index]
 

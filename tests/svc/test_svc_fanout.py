@@ -228,9 +228,9 @@ def test_a_racing_stage_goes_on_with_the_survivors_only(new_job, sent):
 
     job_id = new_job(max_attempts=3)
     blocks = [Block("mha", 0), Block("mha", 1), Block("mlp", 0), Block("mlp", 1)]
-    nlls = {  # first 4 of 8 sequences: mha.1 trails the leader on every one, by the same 0.5
+    nlls = {  # first 4 of 8 sequences: mha.1 trails the leader on every one, by the same 1.5
         Block("mha", 0): [2.0, 3.0, 2.5, 4.0],
-        Block("mha", 1): [2.5, 3.5, 3.0, 4.5],
+        Block("mha", 1): [3.5, 4.5, 4.0, 5.5],
         Block("mlp", 0): [1.0, 4.9, 2.0, 4.0],
         Block("mlp", 1): [2.0, 3.0, 2.5, 4.0],
     }
