@@ -38,7 +38,7 @@ def start(
     job.lease_token, job.lease_owner = token, owner
     job.lease_expires_at = now + timedelta(seconds=lease_s)
     job.started_at = job.started_at or now
-    set_status(session, job, JobStatus.RUNNING, attempt=job.attempts, worker=owner)
+    set_status(session, job, JobStatus.RUNNING, attempt=job.attempts, worker=worker_id(owner))
 
 
 def finish(

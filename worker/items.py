@@ -97,16 +97,23 @@ class ItemLease(FencedLease):
         )
         if job is None or item is None or item.status != ItemStatus.RUNNING:
             raise LeaseLost(str(self.item_id))
-        if job.cancel_requested:
-            fanout.cancel(s, job, reason="stopped between candidates")
-            raise Stop
-        if JobStatus(job.status).terminal:
-            raise Stop
+        if job.cancel_requested or JobStatus(job.status).terminal:
+            raise Stop  # this transaction rolls back: `settle_cancel` commits the cancel
         item.lease_expires_at = func.now() + timedelta(seconds=self.lease_s)
         return job, item
 
     def _locked(self, s: Session) -> Job:
         return self._locked_item(s)[0]
+
+    def settle_cancel(self) -> None:
+        """End the job cancelled, and every open item of it, if its cancel was requested: in a
+        transaction of its own, since the write that met the cancel raised Stop and rolled back
+        (a cancel made there would wait for the items' leases to expire)."""
+        with transaction() as s:
+            job_id = s.scalar(select(WorkItem.job_id).where(WorkItem.id == self.item_id))
+            job = s.get(Job, job_id, with_for_update=True) if job_id is not None else None
+            if job is not None and job.cancel_requested:
+                fanout.cancel(s, job, reason="stopped between candidates")
 
     def _on_job_end(self, s: Session, job: Job, status: JobStatus) -> None:
         """The export item succeeded with the job; a failure ends every item of the job."""
@@ -185,6 +192,8 @@ def execute_item(item_id: int) -> None:
             pass
     finally:
         heartbeat.stop()
+        if outcome != "done":
+            lease.settle_cancel()
         outbox.flush(settings)  # what this task queued (re-queue, shares, export) goes out now
         metrics.ITEMS.labels(outcome).inc()
         log.info("work item %s ended: %s", item_id, outcome)

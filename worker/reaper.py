@@ -93,7 +93,12 @@ def _reap_items(s: Session, waited_since, judge_leases: bool) -> list[int]:
     resend = []
     for item in expired:
         add_event(
-            s, item.job_id, "retry", reason="lease_expired", item=item.id, worker=item.lease_owner
+            s,
+            item.job_id,
+            "retry",
+            reason="lease_expired",
+            item=item.id,
+            worker=transitions.worker_id(item.lease_owner),
         )
         transitions.set_item_status(item, ItemStatus.QUEUED)
         resend.append(item.id)

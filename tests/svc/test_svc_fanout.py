@@ -3,6 +3,8 @@ the write that closes an iteration, and what a killed worker or a cancel costs."
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 
@@ -107,6 +109,16 @@ def test_cancel_stops_every_share(service, workers, key_a, tiny_llama):
     )
     job = wait_for(service, key_a, job_id, timeout=30)
     assert job["status"] == "cancelled" and job["removed"] == []
+    # Ended by the share that met the cancel, not by the reaper once the shares' leases had
+    # expired (which re-queued them first, with a retry event each).
+    assert events(service, key_a, job_id, "retry") == []
+    (ended,) = [
+        e for e in events(service, key_a, job_id, "status") if e["data"]["to"] == "cancelled"
+    ]
+    # by a share between candidates, or by a queued share's claim
+    assert ended["data"]["reason"] in ("stopped between candidates", "cancel requested")
+    # Events name a worker by an opaque id, never its host and pid.
+    assert socket.gethostname() not in json.dumps(events(service, key_a, job_id))
     time.sleep(1.5)  # a share that was mid-candidate has stopped and written nothing more
     open_items = _rows(
         "SELECT count(*) AS c FROM work_items WHERE job_id = :id AND status IN "
