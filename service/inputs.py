@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from contract import ErrorCode, JobSpec, UserError
 from service.settings import Settings
 from service.storage import parse_s3_uri, upload_prefix
+from service.tables import Upload
 from service.uploadstore import get_upload
 
 UPLOAD_REF = re.compile(r"^upload:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
@@ -62,8 +63,7 @@ def resolve_evaluation_data(
 def _resolve_upload(
     session: Session, settings: Settings, tenant_id: str, field: str, source: str, kind: str
 ) -> str:
-    match = UPLOAD_REF.match(source)
-    upload = get_upload(session, tenant_id, match.group(1)) if match else None
+    upload = _named_upload(session, tenant_id, source)
     if upload is None:  # none, or another tenant's: "no such upload" either way
         raise UserError(field, f"no upload {source.removeprefix('upload:')!r}", ErrorCode.NOT_FOUND)
     if upload.kind != kind:
@@ -78,11 +78,17 @@ def _resolve_upload(
 def upload_pins(session: Session, tenant_id: str, source: str) -> dict[str, dict] | None:
     """{file name: its row entry (size, sha256, etag)} of a complete `upload:<id>` source, which
     the worker checks the objects against before it uses them; None for any other source."""
-    match = UPLOAD_REF.match(source)
-    upload = get_upload(session, tenant_id, match.group(1)) if match else None
+    upload = _named_upload(session, tenant_id, source)
     if upload is None or upload.status != "complete":
         return None
     return {f["name"]: f for f in upload.files}
+
+
+def _named_upload(session: Session, tenant_id: str, source: str) -> Upload | None:
+    """The tenant's upload that `source` (upload:<id>) names; None for another source, a
+    malformed id, no such upload or another tenant's."""
+    match = UPLOAD_REF.match(source)
+    return get_upload(session, tenant_id, match.group(1)) if match else None
 
 
 def _check_s3(settings: Settings, tenant_id: str, field: str, source: str) -> None:
