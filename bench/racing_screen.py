@@ -28,7 +28,13 @@ from pathlib import Path
 import torch
 from racing import DEFAULT_DATA, pypi_readmes
 
-from contract.racing import DEFAULT_RACE_MARGIN, race_stages, race_work, survivors
+from contract.racing import (
+    DEFAULT_RACE_MARGIN,
+    paired_difference,
+    race_stages,
+    race_work,
+    survivors,
+)
 from core.activations import ActivationCache, ppl_from_nlls
 from core.blocks import BlockModel
 from core.calibration import load_calibration
@@ -42,34 +48,26 @@ TEXTS = {
 }
 
 
-def _diffs(nlls, leader):
-    return [[a - b for a, b in zip(row, nlls[leader], strict=True)] for row in nlls]
-
-
 def _rule(kind: str, margin: float):
+    """The cut with a candidate's own spread ("sd"), t quantiles for its n - 1 degrees of
+    freedom at the normal margin's tail ("t"), or the larger of its own and the pooled spread
+    ("pooled", as contract.racing.survivors)."""
     from scipy.stats import norm, t
 
     def keep(nlls, total):
         n = len(nlls[0])
-        means = [sum(r) / n for r in nlls]
+        means = [math.fsum(r) / n for r in nlls]
         leader = min(range(len(nlls)), key=lambda i: (means[i], i))
-        diffs = _diffs(nlls, leader)
+        paired = [paired_difference(row, nlls[leader]) for row in nlls]
         scale = math.sqrt((total - n) / (total * n))
-        sds = [math.sqrt(sum((x - sum(d) / n) ** 2 for x in d) / (n - 1)) for d in diffs]
-        others = max(len(sds) - 1, 1)
-        pooled = math.sqrt(sum(s * s for i, s in enumerate(sds) if i != leader) / others)
-        m = margin
-        if kind == "t":
-            m = t.ppf(norm.cdf(margin), n - 1)
-        kept = []
-        for i, d in enumerate(diffs):
-            mean = sum(d) / n
-            s = sds[i]
-            if kind == "pooled":
-                s = max(s, pooled)
-            if i == leader or mean <= m * s * scale:
-                kept.append(i)
-        return kept
+        others = [s for i, (_, s) in enumerate(paired) if i != leader]
+        pooled = math.sqrt(math.fsum(s * s for s in others) / max(len(others), 1))
+        m = t.ppf(norm.cdf(margin), n - 1) if kind == "t" else margin
+        return [
+            i
+            for i, (d, s) in enumerate(paired)
+            if i == leader or d <= m * (max(s, pooled) if kind == "pooled" else s) * scale
+        ]
 
     return keep
 

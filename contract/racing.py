@@ -117,19 +117,23 @@ def survivors(nlls: Sequence[Sequence[float]], total: int, margin: float) -> lis
     if math.isinf(margin) or n < 2:
         return list(range(len(nlls)))
     scale = math.sqrt((total - n) / (total * n))
-    diffs = [[a - b for a, b in zip(row, nlls[leader], strict=True)] for row in nlls]
-    mean_diffs = [math.fsum(diff) / n for diff in diffs]
-    spreads = [
-        math.sqrt(math.fsum((x - d) ** 2 for x in diff) / (n - 1))
-        for diff, d in zip(diffs, mean_diffs, strict=True)
-    ]
-    others = [s for i, s in enumerate(spreads) if i != leader]
+    paired = [paired_difference(row, nlls[leader]) for row in nlls]
+    others = [s for i, (_, s) in enumerate(paired) if i != leader]
     pooled = math.sqrt(math.fsum(s * s for s in others) / len(others)) if others else 0.0
     return [
-        i
-        for i, (d, s) in enumerate(zip(mean_diffs, spreads, strict=True))
-        if i == leader or d <= margin * max(s, pooled) * scale
+        i for i, (d, s) in enumerate(paired) if i == leader or d <= margin * max(s, pooled) * scale
     ]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """The mean of a - b over paired values (the same sequences), and the differences' sample
+    standard deviation (0 from fewer than 2): racing's cut and evo's accept margin both judge a
+    difference by them."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    d = math.fsum(diffs) / n
+    spread = math.sqrt(math.fsum((x - d) ** 2 for x in diffs) / (n - 1)) if n > 1 else 0.0
+    return d, spread
 
 
 def race_work(raced: Sequence[int], stage_ends: Sequence[int]) -> float:

@@ -39,6 +39,7 @@ import torch
 
 from contract import Block, Progress, SearchState, UserError
 from contract.methods import METHOD_TRAITS
+from contract.racing import paired_difference
 from contract.state import EvolutionRecord
 from core.activations import ActivationCache
 from core.blocks import BlockModel
@@ -243,11 +244,9 @@ class _Fitness:
         not give)."""
         if margin <= 0:
             return self(child) < self(parent)
-        diffs = [c - p for c, p in zip(self.sequences(child), self.sequences(parent), strict=True)]
-        n = len(diffs)
-        d = math.fsum(diffs) / n
-        spread = math.sqrt(math.fsum((x - d) ** 2 for x in diffs) / (n - 1)) if n > 1 else 0.0
-        return d < -margin * spread / math.sqrt(n)
+        child_values = self.sequences(child)
+        d, spread = paired_difference(child_values, self.sequences(parent))
+        return d < -margin * spread / math.sqrt(len(child_values))
 
 
 def _nll_score(bm: BlockModel, cache: ActivationCache) -> Score:
