@@ -91,11 +91,14 @@ def test_an_artifact_url_expires(checking_s3):
     from service.storage import presigned_url
 
     settings, s3 = checking_s3
+    # X-Amz-Date has whole seconds, so a URL lives between ttl - 1 and ttl seconds: a 1 s URL
+    # may be dead at its first use. Three seconds leave at least two for that use.
+    signed = time.monotonic()
     url = presigned_url(
-        s3, settings.model_copy(update={"presign_ttl_s": 1}), "job-a", "model.safetensors"
+        s3, settings.model_copy(update={"presign_ttl_s": 3}), "job-a", "model.safetensors"
     )
     assert httpx.get(url).status_code == 200
-    time.sleep(2.1)
+    time.sleep(max(0.0, signed + 4.1 - time.monotonic()))
     expired = httpx.get(url)
     assert expired.status_code in (400, 403) and b"tenant" not in expired.content
 
