@@ -1,7 +1,7 @@
 """A job's status machine and phases: the one table of legal status changes.
 
     queued ──> running ──> succeeded
-      │  ^        │  └──> cancelling ──> cancelled (or succeeded/failed, if it ends first)
+      │  ^        │  └──> cancelling ──> cancelled (or failed, if it fails first)
       │  └────────┤ (retry: a crash, a lost lease, a time limit)
       └──> cancelled / failed (cancelled while queued; attempts exhausted at claim)
 
@@ -52,8 +52,10 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
             JobStatus.CANCELLED,
         }
     ),
-    # A cancel that arrives after the last check still loses to a finished upload or an error.
-    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED}),
+    # Never succeeded: success is committed with the export's manifest only while no cancel is
+    # requested (worker.uploads), and a cancel after that is refused (the job succeeded).
+    # A failure met before the cancel's check still ends it failed.
+    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),

@@ -283,7 +283,7 @@ def finish_job(
 ) -> PruneResult:
     """What every job does after its search: evaluate if asked, export, publish. Stopped
     (`cancelled`) when the search did not finish, or `should_stop` says so before the
-    evaluation or before publishing."""
+    evaluation, before publishing or once the publish returns."""
 
     def stop_now() -> bool:
         hooks.refresh()
@@ -309,7 +309,10 @@ def finish_job(
     out = export_job(prepared, spec, state, out_dir, evaluation, healing, **export_kw)
     if stop_now():
         return PruneResult(state, cancelled=True, evaluation=evaluation)
-    return PruneResult(state, out, evaluation=evaluation, published=hooks.publish(out))
+    published = hooks.publish(out)
+    if stop_now():  # a publish cut short by a stop (a worker's upload) publishes nothing
+        return PruneResult(state, cancelled=True, evaluation=evaluation)
+    return PruneResult(state, out, evaluation=evaluation, published=published)
 
 
 def run_job(

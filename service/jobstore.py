@@ -5,6 +5,7 @@ worker.leases."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -134,3 +135,23 @@ def list_events(session: Session, job_id: str) -> list[JobEvent]:
     return list(
         session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
     )
+
+
+UNSUCCESSFUL_ENDS = (JobStatus.CANCELLED.value, JobStatus.FAILED.value)
+
+
+def ended_unswept(session: Session, older_than_s: float, limit: int = 100) -> list[Job]:
+    """Cancelled and failed jobs, ended more than `older_than_s` ago, whose prefix the sweep
+    has not emptied yet; locked (SKIP LOCKED: one sweeper takes each)."""
+    query = (
+        select(Job)
+        .where(
+            Job.status.in_(UNSUCCESSFUL_ENDS),
+            Job.export_swept_at.is_(None),
+            Job.finished_at < func.now() - timedelta(seconds=older_than_s),
+        )
+        .order_by(Job.finished_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(query))

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # A pending upload older than this is swept: its multipart uploads aborted, its objects
     # and row deleted (the reaper's sweep). At least the URLs' lifetime.
     upload_ttl_s: float = Field(24 * 3600, gt=0)
+    # How often the reaper sweeps: abandoned uploads, and what cancelled or failed jobs left
+    # under their prefixes (worker.sweep).
     upload_sweep_interval_s: float = Field(300, gt=0)
 
     # ---- the Hugging Face hub as an input ---------------------------------------------------

@@ -95,6 +95,8 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A cancelled or failed job's prefix was emptied of what its attempts uploaded (worker.sweep).
+    export_swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(f"status IN {STATUSES}", name="jobs_status_valid"),
@@ -104,6 +106,11 @@ class Job(Base):
             "jobs_leased_expiry",
             "lease_expires_at",
             postgresql_where="status IN ('running', 'cancelling')",
+        ),
+        Index(
+            "jobs_to_sweep",
+            "finished_at",
+            postgresql_where="status IN ('cancelled', 'failed') AND export_swept_at IS NULL",
         ),
     )
 

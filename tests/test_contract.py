@@ -30,7 +30,6 @@ LEGAL = {
     ("running", "failed"),
     ("running", "cancelled"),
     ("cancelling", "cancelled"),
-    ("cancelling", "succeeded"),
     ("cancelling", "failed"),
 }
 

@@ -57,7 +57,7 @@ def run_reaper(args: argparse.Namespace) -> int:
     from service.outbox import Relay, relay_once
     from service.settings import get_settings
     from worker.reaper import ReaperThread, reap_once
-    from worker.sweep import sweep_uploads
+    from worker.sweep import sweep_ended_jobs, sweep_uploads
 
     settings = get_settings()
     configure_logging(settings.log_format)
@@ -66,6 +66,7 @@ def run_reaper(args: argparse.Namespace) -> int:
         print(f"sent {relay_once(settings)} queue messages from the outbox")
         swept = sweep_uploads(settings)
         print(f"swept {swept.uploads} abandoned uploads, {swept.multipart} multipart uploads")
+        print(f"swept the prefixes of {sweep_ended_jobs(settings)} cancelled or failed jobs")
         return 0
     relay = Relay(settings)  # what the reaper re-queues goes out through the outbox
     relay.start()

@@ -34,6 +34,7 @@ from worker.job_inputs import prepare
 from worker.leases import FencedLease, Heartbeat, LeaseLost
 from worker.outages import DependencyUnavailable, outlasts_database_outages, through_outages
 from worker.scratch import job_scratch
+from worker.sweep import sweep_job
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +106,16 @@ class ItemLease(FencedLease):
     def _locked(self, s: Session) -> Job:
         return self._locked_item(s)[0]
 
-    def settle_cancel(self) -> None:
+    def settle_cancel(self) -> str | None:
         """End the job cancelled, and every open item of it, if its cancel was requested: in a
         transaction of its own, since the write that met the cancel raised Stop and rolled back
-        (a cancel made there would wait for the items' leases to expire)."""
+        (a cancel made there would wait for the items' leases to expire). Returns the job's id."""
         with transaction() as s:
             job_id = s.scalar(select(WorkItem.job_id).where(WorkItem.id == self.item_id))
             job = s.get(Job, job_id, with_for_update=True) if job_id is not None else None
             if job is not None and job.cancel_requested:
                 fanout.cancel(s, job, reason="stopped between candidates")
+            return job_id
 
     def _on_job_end(self, s: Session, job: Job, status: JobStatus) -> None:
         """The export item succeeded with the job; a failure ends every item of the job."""
@@ -193,7 +195,8 @@ def execute_item(item_id: int) -> None:
     finally:
         heartbeat.stop()
         if outcome != "done":
-            lease.settle_cancel()
+            if job_id := lease.settle_cancel():
+                sweep_job(settings, job_id)  # if it ended cancelled or failed: its uploads go
         outbox.flush(settings)  # what this task queued (re-queue, shares, export) goes out now
         metrics.ITEMS.labels(outcome).inc()
         log.info("work item %s ended: %s", item_id, outcome)
@@ -292,7 +295,7 @@ def _export(
 ) -> None:
     """The export item: the job recipe's finish (evaluate, export, upload), then success."""
     from core.pipeline import finish_job
-    from worker.recipe import worker_hooks
+    from worker.recipe import commit_export, worker_hooks
 
     hooks = worker_hooks(
         lease,
@@ -308,6 +311,13 @@ def _export(
         result = finish_job(prepared, spec, state, work / "export", hooks)
         if result.cancelled:
             raise Stop
-        lease.succeed(result.published, result.evaluation)
+        commit_export(
+            lease,
+            job_id,
+            settings,
+            result.published,
+            result.evaluation,
+            should_stop=heartbeat.lost.is_set,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -42,6 +42,10 @@ class LeaseLost(Exception):
     """Another worker (or the reaper) owns this job now; stop and write nothing."""
 
 
+class CancelRequested(Exception):
+    """The user cancelled the job before its export was committed: it ends cancelled."""
+
+
 class FencedLease:
     """What a job's lease and a work item's lease share: the fenced lock, the heartbeat's renewal
     and the writes that act on the job. A subclass says how it locks its row (`_locked`) and
@@ -77,13 +81,20 @@ class FencedLease:
         artifacts: list[dict[str, Any]],
         evaluation: dict[str, Any] | None = None,
         *,
+        commit: Callable[[], None],
         state: SearchState | None = None,
         progress: Progress | None = None,
     ) -> None:
-        """The export is uploaded: the job succeeds, with its files, evaluation and (from a
-        whole-job lease) its final state and progress."""
+        """The export is uploaded: `commit()` writes its manifest and the job succeeds, with
+        its files, evaluation and (from a whole-job lease) its final state and progress, in one
+        transaction that holds the job's row. A cancel requested before it raises
+        CancelRequested and nothing is committed; one requested during it waits for the row
+        and finds the job succeeded (worker.uploads)."""
         with transaction() as s:
             job = self._locked(s)
+            if job.cancel_requested:
+                raise CancelRequested(job.id)
+            commit()
             if state is not None:
                 job.state = state.to_json()
             if progress is not None:
@@ -196,11 +207,9 @@ class Lease(FencedLease):
             add_event(s, self.job_id, "iteration", iteration=state.blocks_removed, **last)
 
     @outlasts_database_outages
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "stopped at a checkpoint") -> None:
         with transaction() as s:
-            transitions.finish(
-                s, self._locked(s), JobStatus.CANCELLED, reason="stopped at a checkpoint"
-            )
+            transitions.finish(s, self._locked(s), JobStatus.CANCELLED, reason=reason)
 
     @outlasts_database_outages
     def start_fanout(self, plan: FanoutPlan) -> None:

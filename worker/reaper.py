@@ -1,5 +1,6 @@
 """The reaper: re-queues jobs whose worker died, re-sends lost queue messages (through the
-outbox), sends webhooks, and now and then sweeps abandoned uploads (worker.sweep).
+outbox), sends webhooks, and now and then sweeps abandoned uploads and what cancelled or failed jobs
+left in S3 (worker.sweep).
 
 It runs as a thread in every `blockprune worker` (and alone as `blockprune reaper`). Rows are
 taken with FOR UPDATE SKIP LOCKED, so any number of reapers can run at once.
@@ -28,7 +29,7 @@ from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings
 from service.tables import Job, WorkItem
-from worker.sweep import sweep_uploads
+from worker.sweep import sweep_ended_jobs, sweep_uploads
 from worker.webhooks import WebhookSender, deliver_due
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class ReaperThread(threading.Thread):
     def run(self) -> None:
         webhooks = WebhookSender(self.settings)  # a slow receiver holds its threads, not ours
         judge_from = 0.0  # monotonic time from which expired leases are judged
-        # The first upload sweep waits an interval too: a worker's start is busy enough.
+        # The first sweep waits an interval too: a worker's start is busy enough.
         sweep_at = time.monotonic() + self.settings.upload_sweep_interval_s
         try:
             while not self._stopped.wait(self.settings.reaper_interval_s):
@@ -140,10 +141,11 @@ class ReaperThread(threading.Thread):
                     judge_from = time.monotonic() + self.settings.lease_s
                 if time.monotonic() >= sweep_at:
                     sweep_at = time.monotonic() + self.settings.upload_sweep_interval_s
-                    try:
-                        sweep_uploads(self.settings)
-                    except Exception:  # S3 or the database away: the next sweep tries again
-                        log.warning("upload sweep failed", exc_info=True)
+                    for sweep in (sweep_uploads, sweep_ended_jobs):
+                        try:
+                            sweep(self.settings)
+                        except Exception:  # S3 or the database away: the next sweep tries
+                            log.warning("%s failed", sweep.__name__, exc_info=True)
         finally:
             webhooks.close()
 

@@ -1,6 +1,7 @@
 """A worker's hooks for core.pipeline's job recipe: the job's phases, the evaluation's texts and
-the upload go through the lease, S3 and their outages. The runner (a whole job) and the export
-item of a fanned-out job both build theirs here."""
+the upload go through the lease, S3 and their outages; and the recipe's end in a worker, the
+export committed with the job's success (`commit_export`). The runner (a whole job) and the
+export item of a fanned-out job both build theirs here."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from service.settings import Settings
 from service.storage import s3_client
 from worker.job_inputs import fetch_evaluation_data
 from worker.leases import FencedLease
-from worker.outages import through_outages
-from worker.uploads import upload_export
+from worker.outages import Dependency, through_outages
+from worker.uploads import UploadStopped, upload_export, write_manifest
 
 
 def worker_hooks(
@@ -43,14 +44,17 @@ def worker_hooks(
             should_stop=should_stop,
         )
 
-    def publish(out: Path) -> list[dict[str, Any]]:
+    def publish(out: Path) -> list[dict[str, Any]] | None:
         phase(Phase.UPLOADING)
-        return through_outages(
-            lambda: upload_export(s3_client(settings), settings, out, job_id),
-            settings,
-            on_retry=lease.note_retry,
-            should_stop=should_stop,
-        )
+        try:
+            return through_outages(
+                lambda: upload_export(s3_client(settings), settings, out, job_id, should_stop),
+                settings,
+                on_retry=lease.note_retry,
+                should_stop=should_stop,
+            )
+        except UploadStopped:
+            return None  # the recipe sees the stop next, and ends the job cancelled
 
     return JobHooks(
         phase=phase,
@@ -60,4 +64,33 @@ def worker_hooks(
         refresh=lease.renew,
         evaluation_texts=evaluation_texts,
         publish=publish,
+    )
+
+
+def commit_export(
+    lease: FencedLease,
+    job_id: str,
+    settings: Settings,
+    files: list[dict[str, Any]],
+    evaluation: dict[str, Any] | None,
+    *,
+    should_stop: Callable[[], bool],
+    **final: Any,
+) -> None:
+    """The job succeeds: its manifest is written inside the success's transaction, which holds
+    the job's row, so a cancel comes either before (the lease raises CancelRequested, or Stop
+    for a work item, and no manifest is written) or after (409: the job succeeded). An S3
+    outage at this step is waited out like the upload's; `final` goes to `lease.succeed`."""
+    s3 = s3_client(settings)
+    through_outages(
+        lambda: lease.succeed(
+            files,
+            evaluation,
+            commit=lambda: write_manifest(s3, settings, job_id, files),
+            **final,
+        ),
+        settings,
+        on_retry=lease.note_retry,
+        should_stop=should_stop,
+        only=(Dependency.S3,),
     )

@@ -23,10 +23,11 @@ from service import fanout, outbox
 from service.settings import Settings, get_settings
 from worker import items, metrics
 from worker.job_inputs import prepare
-from worker.leases import Heartbeat, Lease, LeaseLost
+from worker.leases import CancelRequested, Heartbeat, Lease, LeaseLost
 from worker.outages import DependencyUnavailable, through_outages
-from worker.recipe import worker_hooks
+from worker.recipe import commit_export, worker_hooks
 from worker.scratch import job_scratch
+from worker.sweep import sweep_job
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ def execute_job(job_id: str) -> None:
     finally:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
+        if outcome not in ("succeeded", "fanned_out"):
+            sweep_job(settings, job_id)  # if it ended cancelled or failed: what it uploaded goes
         outbox.flush(settings)  # what this task queued (re-queue, shares, export) goes out now
         metrics.JOBS.labels(outcome).inc()
         log.info("job %s: attempt %d ended: %s", job_id, lease.attempt, outcome)
@@ -140,8 +143,20 @@ def _run(lease: Lease, heartbeat: Heartbeat, settings: Settings, work: Path) -> 
         lease.cancel()
         return "cancelled"
     done = result.state.blocks_removed  # a finished job's progress is whole, whatever its target
-    progress = Progress(iteration=done, total_iterations=done)
-    lease.succeed(result.published, result.evaluation, state=result.state, progress=progress)
+    try:
+        commit_export(
+            lease,
+            lease.job_id,
+            settings,
+            result.published,
+            result.evaluation,
+            should_stop=reporter.should_stop,
+            state=result.state,
+            progress=Progress(iteration=done, total_iterations=done),
+        )
+    except CancelRequested:
+        lease.cancel(reason="stopped before its export was committed")
+        return "cancelled"
     return "succeeded"
 
 

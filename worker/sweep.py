@@ -1,4 +1,13 @@
-"""The upload sweep: what abandoned uploads hold in S3, given back.
+"""The sweeps: what abandoned uploads and unsuccessful jobs hold in S3, given back.
+
+**Ended jobs.** A cancelled or failed job keeps nothing under its prefix (jobs/<id>/): only a
+succeeded job has a manifest (worker.uploads), and what a stopped upload had put, objects and
+open multipart uploads, is deleted. The worker that was uploading sweeps the job itself once it
+has stopped (`sweep_job`); `sweep_ended_jobs` catches the rest (a worker killed mid-upload, a
+job cancelled by the reaper, S3 down at the time), for jobs ended more than two leases ago, when
+any worker that still wrote there has found its lease lost and stopped.
+
+**Uploads.**
 
 A pending upload whose tenant never completed it keeps its multipart uploads open (S3 keeps and
 bills their parts) and counts against the tenant's pending quotas. After `upload_ttl_s` (at
@@ -6,8 +15,8 @@ least the URLs' lifetime, so no client is still writing) the sweep aborts its mu
 deletes its objects and its row. Multipart uploads under uploads/ that no row knows (an API
 process that died between S3 and its commit) are aborted after the same time.
 
-It runs in the reaper's thread every `upload_sweep_interval_s`; rows are taken with SKIP LOCKED,
-so reapers on every worker share the work.
+Both run in the reaper's thread every `upload_sweep_interval_s`; rows are taken with SKIP
+LOCKED, so reapers on every worker share the work.
 """
 
 from __future__ import annotations
@@ -17,10 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from service import uploadstore
+from sqlalchemy import func
+
+from contract import JobStatus
+from service import jobstore, uploadstore
 from service.db import transaction
 from service.settings import Settings
-from service.storage import UPLOADS_PREFIX, s3_client, upload_prefix
+from service.storage import UPLOADS_PREFIX, job_prefix, s3_client, upload_prefix
+from service.tables import Job
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,42 @@ def sweep_uploads(settings: Settings, s3: Any | None = None) -> Swept:
             swept.multipart,
         )
     return swept
+
+
+def sweep_job(settings: Settings, job_id: str, s3: Any | None = None) -> None:
+    """Empty job `job_id`'s prefix now if it ended cancelled or failed: called by the worker
+    that uploaded for it, once stopped. Best effort: `sweep_ended_jobs` retries what fails."""
+    try:
+        with transaction() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None or job.status not in jobstore.UNSUCCESSFUL_ENDS:
+                return
+            _empty_job_prefix(s3 or s3_client(settings), settings.s3_bucket, job)
+    except Exception:  # S3 or the database away
+        log.warning("could not sweep job %s now; the periodic sweep will", job_id, exc_info=True)
+
+
+def sweep_ended_jobs(settings: Settings, s3: Any | None = None) -> int:
+    """One pass over the cancelled and failed jobs not swept yet; returns how many it swept."""
+    s3 = s3 if s3 is not None else s3_client(settings)
+    with transaction() as session:
+        jobs = jobstore.ended_unswept(session, 2 * settings.lease_s)
+        for job in jobs:
+            _empty_job_prefix(s3, settings.s3_bucket, job)
+    if jobs:
+        log.info("export sweep: %d cancelled or failed jobs", len(jobs))
+    return len(jobs)
+
+
+def _empty_job_prefix(s3: Any, bucket: str, job: Job) -> None:
+    assert JobStatus(job.status).terminal and job.status != JobStatus.SUCCEEDED
+    prefix = job_prefix(job.id)
+    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        for mp in page.get("Uploads", []):
+            _abort(s3, bucket, mp["Key"], mp["UploadId"])
+    _delete_prefix(s3, bucket, prefix)
+    job.export_swept_at = func.now()
 
 
 def _abort(s3: Any, bucket: str, key: str, upload_id: str) -> None:

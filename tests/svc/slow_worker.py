@@ -4,7 +4,8 @@ worker's code paths: they wrap the worker's own methods before Celery forks its 
 
 BLOCKPRUNE_TEST_ITERATION_DELAY_S: seconds after each checkpointed search iteration (stopping
 early once the job is to stop); BLOCKPRUNE_TEST_SCORE_DELAY_S: seconds after each committed
-score of a fanned-out share.
+score of a fanned-out share; BLOCKPRUNE_TEST_UPLOAD_DELAY_S: seconds before each file of an
+export's upload (and each of its progress callbacks), so a cancel can come mid-upload.
 """
 
 from __future__ import annotations
@@ -47,6 +48,23 @@ def _slow_scores(delay_s: float) -> None:
     ItemLease.record = slow_record  # type: ignore[method-assign]
 
 
+def _slow_uploads(delay_s: float) -> None:
+    import worker.recipe
+    from worker.uploads import upload_export
+
+    @functools.wraps(upload_export)
+    def slow_upload(*args: Any) -> Any:
+        *head, should_stop = args
+
+        def slowly() -> bool:
+            time.sleep(delay_s)
+            return should_stop()
+
+        return upload_export(*head, slowly)
+
+    worker.recipe.upload_export = slow_upload  # type: ignore[assignment]
+
+
 def main() -> int:
     iteration_s = float(os.environ.get("BLOCKPRUNE_TEST_ITERATION_DELAY_S") or 0)
     score_s = float(os.environ.get("BLOCKPRUNE_TEST_SCORE_DELAY_S") or 0)
@@ -54,6 +72,8 @@ def main() -> int:
         _slow_iterations(iteration_s)
     if score_s:
         _slow_scores(score_s)
+    if upload_s := float(os.environ.get("BLOCKPRUNE_TEST_UPLOAD_DELAY_S") or 0):
+        _slow_uploads(upload_s)
     from worker.commands import main as worker_main
 
     return worker_main()

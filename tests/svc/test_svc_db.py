@@ -110,7 +110,7 @@ def test_lease_fences_a_worker_that_lost_it(new_job, sent):
     for stale_write in (
         lambda: old.renew(),
         lambda: old.checkpoint(SearchState(), Progress()),
-        lambda: old.succeed([], state=SearchState(), progress=Progress()),
+        lambda: old.succeed([], commit=lambda: None, state=SearchState(), progress=Progress()),
         lambda: old.fail({"code": "x", "message": "y"}),
     ):
         with pytest.raises(LeaseLost):
@@ -156,3 +156,55 @@ def test_claim_honours_cancel_and_release_requeues(new_job, sent):
     _expire_lease(job_id)  # ...but the worker dies before stopping
     assert Lease.claim(job_id, "worker-2", lease_s=60) is None
     assert _job(job_id).status == "cancelled"
+
+
+def test_a_cancel_is_decided_before_or_after_the_manifest_never_during(new_job, sent):
+    """Success writes the manifest in the transaction that holds the job's row: a cancel
+    requested before it wins (no manifest is written, the job ends cancelled); one that comes
+    while the manifest is written waits for the row and finds the job succeeded (the cancel
+    route answers 409 then)."""
+    import threading
+
+    from contract import Progress, SearchState
+    from service.db import transaction
+    from service.tables import Job
+    from service.transitions import request_cancel
+    from worker.leases import CancelRequested, Lease
+
+    first = new_job()
+    lease = Lease.claim(first, "worker-1", lease_s=60)
+    with transaction() as s:
+        request_cancel(s, s.get(Job, first, with_for_update=True))
+    written = []
+    with pytest.raises(CancelRequested):
+        lease.succeed([], commit=lambda: written.append(first), state=SearchState())
+    assert written == [] and _job(first).status == "cancelling"
+    lease.cancel(reason="stopped before its export was committed")
+    assert _job(first).status == "cancelled"
+
+    second = new_job()
+    lease = Lease.claim(second, "worker-1", lease_s=60)
+    in_commit, go, seen = threading.Event(), threading.Event(), []
+
+    def manifest() -> None:
+        in_commit.set()
+        assert go.wait(10)
+
+    def cancel() -> None:
+        with transaction() as s:
+            job = s.get(Job, second, with_for_update=True)
+            seen.append(job.status)
+
+    winner = threading.Thread(
+        target=lambda: lease.succeed([], commit=manifest, state=SearchState(), progress=Progress())
+    )
+    winner.start()
+    assert in_commit.wait(10)
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    canceller.join(0.5)
+    assert canceller.is_alive() and seen == []  # it waits for the success's transaction
+    go.set()
+    winner.join(10)
+    canceller.join(10)
+    assert seen == ["succeeded"]
