@@ -11,9 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract import ErrorCode
+from service.db import database_unavailable
 
 log = logging.getLogger(__name__)
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -24,6 +26,10 @@ _HTTP_CODES = {
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.INVALID_REQUEST,
 }
+# Retry-After of a 503 while PostgreSQL is down. Not a setting: the API cannot know how long an
+# outage lasts, and a short pause lets a client's polls notice the end within seconds while
+# keeping each client to one request per pause.
+DATABASE_RETRY_AFTER_S = 2
 
 
 class ErrorDetail(BaseModel):
@@ -46,6 +52,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         (413, "the request body is over the operator's limit"),
         (422, "the request does not validate; `field` names the first problem"),
         (429, "a tenant quota is reached; retry after Retry-After seconds"),
+        (503, "the database is unavailable for now; retry after Retry-After seconds"),
     ]
 }
 
@@ -177,8 +184,24 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=http_status(code))
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL out of reach (a request's query, or the API key's lookup): a 503 the client
+    retries, not a 500. The message names no host: the DSN is the operator's, not the tenant's."""
+    assert isinstance(exc, DBAPIError)
+    if not database_unavailable(exc):
+        return await _unexpected(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    code = ErrorCode.DEPENDENCY_UNAVAILABLE
+    return JSONResponse(
+        error_body(code, "the database is unavailable; retry in a few seconds"),
+        status_code=http_status(code),
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

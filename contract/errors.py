@@ -45,6 +45,8 @@ class ErrorCode(str, Enum):
     INTERNAL_ERROR = "internal_error"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
+    DISK_FULL = "disk_full"
+    OUT_OF_MEMORY = "out_of_memory"
 
     def describe(self) -> str:
         return _DESCRIPTIONS[self]
@@ -89,8 +91,13 @@ _DESCRIPTIONS = {
     ),
     ErrorCode.INTERNAL_ERROR: "an unexpected error in the service (it retries if attempts remain)",
     ErrorCode.ATTEMPTS_EXHAUSTED: "the job's workers were lost max_attempts times",
-    ErrorCode.DEPENDENCY_UNAVAILABLE: "S3, the hub, the database or the queue stayed unreachable "
-    "for longer than the operator's outage budget (the message says which and how long)",
+    ErrorCode.DEPENDENCY_UNAVAILABLE: "a job's: S3, the hub, the database or the queue stayed "
+    "unreachable for longer than the operator's outage budget (the message says which and how "
+    "long); an API answer's (503): the database is down for now, retry after Retry-After seconds",
+    ErrorCode.DISK_FULL: "the worker's disk had no room for the job's download or export (the "
+    "message gives the bytes needed and free); retried after a pause while attempts remain",
+    ErrorCode.OUT_OF_MEMORY: "the worker ran out of memory (the message gives the bytes asked "
+    "for and free); retried after a pause while attempts remain",
 }
 
 

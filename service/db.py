@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from service.settings import get_settings
@@ -40,3 +41,13 @@ def transaction() -> Iterator[Session]:
     """A session inside one transaction: committed on success, rolled back on any error."""
     with Session(get_engine(), expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` is PostgreSQL out of reach for now, not a bad query: worth retrying (the
+    worker waits it out, the API answers 503). OperationalError covers a server that is down,
+    restarting or unreachable; a connection invalidated mid-query is the same outage seen from
+    the pool."""
+    return isinstance(error, DBAPIError) and (
+        isinstance(error, (OperationalError, InterfaceError)) or error.connection_invalidated
+    )

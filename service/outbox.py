@@ -24,16 +24,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import ErrorCode, JobStatus
-from service import queue, transitions
+from service import fairness, queue, transitions
 from service.backoff import backoff_s, worth_an_event
 from service.db import transaction
 from service.jobstore import add_event
 from service.settings import Settings
-from service.tables import Job, OutboxMessage
+from service.tables import Job, OutboxMessage, WorkItem
 
 log = logging.getLogger(__name__)
 BATCH = 100
-Send = Callable[[str, str, str], None]  # kind, ref, task id
+Send = Callable[[str, str, str, int], None]  # kind, ref, task id, priority level
 
 
 def add(session: Session, kind: str, ref: str | int, delay_s: float = 0.0) -> None:
@@ -72,8 +72,9 @@ def relay_once(settings: Settings, send: Send | None = None) -> int:
             .with_for_update(skip_locked=True)
         )
         for row in rows:
+            level = fairness.level(s, row.kind, row.ref, settings.queue_fairness)
             try:
-                send(row.kind, row.ref, task_id(row))
+                send(row.kind, row.ref, task_id(row), level)
             except Exception as e:  # kombu, redis, socket errors: all mean "not sent"
                 _not_sent(s, settings, row, e)
                 break
@@ -96,7 +97,7 @@ def _not_sent(s: Session, settings: Settings, row: OutboxMessage, error: Excepti
     row.last_error = f"{type(error).__name__}: {error}"[:500]
     log.warning("could not send %s %s (try %d): %s", row.kind, row.ref, row.attempts, error)
     waited = s.scalar(select(func.extract("epoch", func.now() - row.created_at))) or 0.0
-    job = s.get(Job, row.ref, with_for_update=True) if row.kind == "job" else None
+    job = _job_of(s, row)
     if (
         job is not None
         and job.status == JobStatus.QUEUED
@@ -124,6 +125,15 @@ def _not_sent(s: Session, settings: Settings, row: OutboxMessage, error: Excepti
             waited_s=round(float(waited), 1),
             next_try_in_s=round(wait, 1),
         )
+
+
+def _job_of(s: Session, row: OutboxMessage) -> Job | None:
+    """The job a message is for: its own, or its work item's (a fanned-out job's share waits
+    on the broker too, and its events say so)."""
+    if row.kind == "item":
+        job_id = s.scalar(select(WorkItem.job_id).where(WorkItem.id == int(row.ref)))
+        return s.get(Job, job_id) if job_id is not None else None
+    return s.get(Job, row.ref, with_for_update=True)
 
 
 class Relay(threading.Thread):

@@ -18,6 +18,7 @@ from functools import lru_cache
 import redis
 from celery import Celery
 
+from service.fairness import LEVELS
 from service.settings import get_settings
 
 RUN_JOB_TASK = "blockprune.run_job"
@@ -26,6 +27,7 @@ RUN_ITEM_TASK = "blockprune.run_item"  # a work item of a fanned-out job (servic
 # operation times out, and a publish is retried a few times only.
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
+PRIORITY_SEP = ":"  # Redis keys of the levels: <queue>, <queue>:1, ... <queue>:9
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,12 @@ def celery_app() -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
             "socket_timeout": SOCKET_TIMEOUT_S,
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            # A list per level (service.fairness); a worker empties level 0's first.
+            "priority_steps": list(range(LEVELS)),
+            "sep": PRIORITY_SEP,
+            "queue_order_strategy": "priority",
         },
+        task_default_priority=0,
         broker_connection_timeout=CONNECT_TIMEOUT_S,
         task_publish_retry_policy={
             "max_retries": 2,
@@ -67,12 +74,15 @@ def celery_app() -> Celery:
 TASKS = {"job": RUN_JOB_TASK, "item": RUN_ITEM_TASK}
 
 
-def send(kind: str, ref: str, task_id: str | None = None) -> None:
-    """Send "run job `ref`" (kind "job") or "run work item `ref`" (kind "item") now. Callers
-    go through the outbox (service.outbox.add), whose relay calls this with a task id that
-    identifies the outbox row, so a message sent twice is received once (`first_receipt`)."""
+def send(kind: str, ref: str, task_id: str | None = None, priority: int = 0) -> None:
+    """Send "run job `ref`" (kind "job") or "run work item `ref`" (kind "item") now, at
+    priority level `priority` (service.fairness: 0 is taken first). Callers go through the
+    outbox (service.outbox.add), whose relay calls this with a task id that identifies the
+    outbox row, so a message sent twice is received once (`first_receipt`)."""
     arg: str | int = ref if kind == "job" else int(ref)
-    celery_app().send_task(TASKS[kind], args=[arg], queue=get_settings().queue, task_id=task_id)
+    celery_app().send_task(
+        TASKS[kind], args=[arg], queue=get_settings().queue, task_id=task_id, priority=priority
+    )
     _mark_waiting(kind, ref)
 
 
@@ -131,6 +141,33 @@ def first_receipt(task_id: str | None) -> bool:
         return True
 
 
+# ---- is a reaper running? ---------------------------------------------------------------
+# Expired leases are judged only by a reaper (in every worker, or `blockprune reaper`): with none
+# running, a dead worker's job shows `running` for ever. Each pass leaves a marker that outlives
+# a few passes; /readyz reports whether one is there.
+def _reaper_key() -> str:
+    return f"blockprune:{get_settings().queue}:reaper_seen"
+
+
+def mark_reaper_pass() -> None:
+    ttl = max(30, int(3 * get_settings().reaper_interval_s))
+    try:
+        _markers().set(_reaper_key(), "1", ex=ttl)
+    except redis.RedisError:
+        log.warning("could not mark the reaper's pass", exc_info=True)
+
+
+def reaper_seen() -> bool:
+    """Whether a reaper made a pass lately (raises redis.RedisError if Redis cannot say)."""
+    return bool(_markers().exists(_reaper_key()))
+
+
 def queue_depth() -> int:
-    """Messages waiting in the Celery queue (a Redis list); the metrics read it."""
-    return int(_markers().llen(get_settings().queue))
+    """Messages waiting in the Celery queue (a Redis list per priority level); the metrics
+    read it."""
+    queue = get_settings().queue
+    names = [queue] + [f"{queue}{PRIORITY_SEP}{level}" for level in range(1, LEVELS)]
+    with _markers().pipeline() as pipe:
+        for name in names:
+            pipe.llen(name)
+        return sum(int(n) for n in pipe.execute())

@@ -38,7 +38,12 @@ class Settings(BaseSettings):
     s3_multipart_threshold_mb: int = Field(64, ge=5)
     s3_multipart_chunk_mb: int = Field(64, ge=5)  # S3 parts are at least 5 MiB
     # boto3's tries per request (the first included); when they fail, the job attempt is retried.
-    s3_max_attempts: int = Field(6, ge=1)
+    # A hung S3 (it accepts connections and never answers) is found within connect or read
+    # timeout x attempts, then waited out as an outage with "retry" events (worker.outages),
+    # during which a cancel or a lost lease is noticed between tries.
+    s3_max_attempts: int = Field(3, ge=1)
+    s3_connect_timeout_s: float = Field(5, gt=0)
+    s3_read_timeout_s: float = Field(10, gt=0)
     presign_ttl_s: int = Field(900, ge=1, le=7 * 24 * 3600)
     # Read-only prefixes of s3_bucket that every tenant may use as inputs (comma-separated),
     # e.g. "models/public/,datasets/": the operator's shared base models and texts.
@@ -49,6 +54,9 @@ class Settings(BaseSettings):
     max_calibration_tokens: int = Field(1 << 22, ge=2)
     max_calibration_mb: int = Field(1024, ge=1)  # a calibration file, at most
     tenant_max_active_jobs: int = Field(50, ge=1)  # queued + running jobs of one tenant
+    # Started jobs' shares first, then jobs round-robin over tenants (service.fairness);
+    # false: one first-in, first-out queue.
+    queue_fairness: bool = True
     quota_retry_after_s: int = Field(30, ge=1)  # Retry-After of a 429
     download_cache_gb: float = Field(200, gt=0)  # a worker's S3 download cache, LRU-evicted
     upload_max_file_mb: int = Field(64 * 1024, ge=1)  # one uploaded file, at most
@@ -91,6 +99,9 @@ class Settings(BaseSettings):
     progress_write_s: float = Field(1.0, ge=0)  # at most one progress write per this interval
     max_attempts: int = Field(3, ge=1)
     retry_delay_s: float = Field(10, ge=0)
+    # After a full disk or exhausted memory (worker.resources): long enough for another job's
+    # cache or scratch to go, or for another worker to take the job; not seconds.
+    resource_retry_delay_s: float = Field(60, ge=0)
     task_soft_time_limit_s: int = Field(6 * 3600, ge=1)
     task_time_limit_s: int = Field(6 * 3600 + 300, ge=1)
     # Redis redelivers an unacknowledged message after this; it must outlast any task.
@@ -115,7 +126,10 @@ class Settings(BaseSettings):
     # ---- the reaper (runs inside each `blockprune worker`, or alone: `blockprune reaper`) ----
     worker_runs_reaper: bool = True
     reaper_interval_s: float = Field(10, gt=0)
-    queued_requeue_after_s: float = Field(300, gt=0)  # re-send a queued job's lost message
+    # Re-send the message of a job or work item queued this long with none waiting for it in
+    # Redis (lost with a Redis restart): a message merely waiting behind others has its marker,
+    # so a short wait costs no duplicate, and a share lost mid-job is not stalled for minutes.
+    queued_requeue_after_s: float = Field(30, gt=0)
     # A sent message's "waiting" marker lives this long (service.queue): a message that waits
     # longer in the queue is re-sent once per this interval, never more often.
     waiting_marker_ttl_s: float = Field(3600, gt=0)

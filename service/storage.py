@@ -30,8 +30,8 @@ def s3_client(settings: Settings, *, public: bool = False, quick: bool = False) 
             "total_max_attempts": 1 if quick else settings.s3_max_attempts,
             "mode": "standard",
         },
-        connect_timeout=3 if quick else 60,
-        read_timeout=3 if quick else 60,
+        connect_timeout=3 if quick else settings.s3_connect_timeout_s,
+        read_timeout=3 if quick else settings.s3_read_timeout_s,
     )
     return boto3.client("s3", endpoint_url=endpoint, region_name=settings.s3_region, config=config)
 

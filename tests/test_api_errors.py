@@ -36,3 +36,39 @@ def test_no_raise_site_picks_a_status():
         for m in re.finditer(r"ApiError\(\s*\d{3}|status_code=[45]\d\d", text)
     ]
     assert picked == []
+
+
+def test_a_database_outage_is_a_503_with_retry_after(monkeypatch):
+    """PostgreSQL down (issue 23): the API key's lookup fails with OperationalError, and the
+    client gets a 503 to retry, naming no host; liveness does not need the database."""
+    import uuid
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    import api.deps
+    from api.app import create_app
+
+    dead = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/gone")
+    monkeypatch.setattr(api.deps, "get_engine", lambda: dead)
+    app = create_app()
+
+    def raises(error: Exception):
+        def route() -> None:
+            raise error
+
+        return route
+
+    app.add_api_route("/lost", raises(OperationalError("SELECT 1", {}, Exception("closed"))))
+    app.add_api_route("/bug", raises(IntegrityError("INSERT", {}, Exception("duplicate"))))
+    client = TestClient(app, raise_server_exceptions=False)
+    for path in (f"/v1/jobs/{uuid.uuid4()}", "/lost"):
+        answer = client.get(path, headers={"Authorization": "Bearer bp_x"})
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "2", answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "dependency_unavailable" and "database" in error["message"]
+        assert "127.0.0.1" not in answer.text and "gone" not in answer.text
+    bug = client.get("/bug")  # a database error that is no outage stays a bug: 500
+    assert bug.status_code == 500 and bug.json()["error"]["code"] == "internal_error"
+    assert client.get("/healthz").status_code == 200

@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 from contract import ErrorCode, UserError
 from contract.sources import CALIBRATION_SUFFIXES, SAFE_SUFFIXES, pickle_refusal, sha256_file
 from service.storage import parse_s3_uri
+from worker.resources import check_disk
 from worker.scratch import touch
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
@@ -69,6 +70,7 @@ def fetch_model(
         touch(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    check_disk(target.parent, sum(listed[n][1] for n in wanted), f"the download of {uri}")
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     try:
         for name in wanted:

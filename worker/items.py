@@ -26,6 +26,7 @@ from core.pipeline import PreparedJob
 from core.search import CandidateScorer
 from service import fanout, outbox, transitions
 from service.db import transaction
+from service.jobstore import add_event
 from service.logs import bind_log_context
 from service.settings import Settings, get_settings
 from service.tables import Job, WorkItem
@@ -33,10 +34,12 @@ from worker import metrics
 from worker.job_inputs import prepare
 from worker.leases import FencedLease, Heartbeat, LeaseLost
 from worker.outages import DependencyUnavailable, outlasts_database_outages, through_outages
+from worker.resources import exhausted
 from worker.scratch import job_scratch
 from worker.sweep import sweep_job
 
 log = logging.getLogger(__name__)
+INTERNAL_MESSAGE = "an internal error interrupted a work item; it is retried while attempts remain"
 
 
 class Stop(Exception):
@@ -149,10 +152,26 @@ class ItemLease(FencedLease):
             transitions.set_item_status(item, ItemStatus.DONE)
 
     @outlasts_database_outages
-    def release(self, delay_s: float) -> None:
-        """Back to the queue after a failure that may pass, its message sent after `delay_s`."""
+    def release(self, delay_s: float, error: dict[str, str]) -> None:
+        """Back to the queue after a failure that may pass (`error`: its code and message, in a
+        "retry" event), its message sent after `delay_s`; the item's last attempt fails the
+        job with `error` itself, not with a lost item's attempts_exhausted."""
         with transaction() as s:
-            _, item = self._locked_item(s)
+            job, item = self._locked_item(s)
+            if item.attempts >= job.max_attempts:
+                transitions.finish(s, job, JobStatus.FAILED, error=error)
+                fanout.close_items(s, job.id)
+                return
+            add_event(
+                s,
+                job.id,
+                "retry",
+                reason=error["code"],
+                item=item.id,
+                attempt=item.attempts,
+                worker=transitions.worker_id(item.lease_owner),
+                **error,
+            )
             transitions.set_item_status(item, ItemStatus.QUEUED)
             outbox.add(s, "item", item.id, delay_s)
 
@@ -186,10 +205,16 @@ def execute_item(item_id: int) -> None:
             lease.fail(e.to_json())
         except (LeaseLost, Stop):
             pass
-    except Exception:
-        log.exception("work item %s failed", item_id)
+    except Exception as e:
+        if (short := exhausted(e, settings.work_dir)) is not None:
+            log.warning("work item %s: %s", item_id, short)
+            error, delay = short.to_json(), settings.resource_retry_delay_s
+        else:
+            log.exception("work item %s failed", item_id)
+            error = {"code": ErrorCode.INTERNAL_ERROR.value, "message": INTERNAL_MESSAGE}
+            delay = settings.retry_delay_s
         try:
-            lease.release(settings.retry_delay_s)
+            lease.release(delay, error)
         except (LeaseLost, Stop):
             pass
     finally:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from contract import ErrorCode, UserError
 from core.hub import hub_offline
 from service.backoff import backoff_s
+from service.db import database_unavailable
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,8 @@ def transient(error: BaseException) -> Dependency | None:
             # Offline by configuration (HF_HUB_OFFLINE) is no outage: nothing will come back.
             passing = seen.code == ErrorCode.HUB_UNREACHABLE and not hub_offline()
             return Dependency.HUB if passing else None
-        if isinstance(seen, DBAPIError):
-            # OperationalError covers a server that is down, restarting or unreachable; a
-            # connection invalidated mid-query is the same outage seen from the pool.
-            operational = type(seen).__name__ in {"OperationalError", "InterfaceError"}
-            return Dependency.DATABASE if operational or seen.connection_invalidated else None
+        if isinstance(seen, DBAPIError):  # the API's 503 follows the same rule
+            return Dependency.DATABASE if database_unavailable(seen) else None
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -135,6 +135,7 @@ class ReaperThread(threading.Thread):
                 try:
                     judge = time.monotonic() >= judge_from
                     reap_once(self.settings, webhooks=webhooks, judge_leases=judge)
+                    queue.mark_reaper_pass()
                 except Exception:  # a database or broker blip: try again next round
                     log.warning("reaper pass failed", exc_info=True)
                     # a lease's length: every live worker renews within it once it is back

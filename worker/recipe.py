@@ -55,6 +55,10 @@ def worker_hooks(
             )
         except UploadStopped:
             return None  # the recipe sees the stop next, and ends the job cancelled
+        except Exception:
+            if should_stop():  # a cancel or a lost lease cut an outage's wait short
+                return None
+            raise
 
     return JobHooks(
         phase=phase,

@@ -26,10 +26,12 @@ from worker.job_inputs import prepare
 from worker.leases import CancelRequested, Heartbeat, Lease, LeaseLost
 from worker.outages import DependencyUnavailable, through_outages
 from worker.recipe import commit_export, worker_hooks
+from worker.resources import exhausted
 from worker.scratch import job_scratch
 from worker.sweep import sweep_job
 
 log = logging.getLogger(__name__)
+INTERNAL_MESSAGE = "an internal error interrupted the attempt; it is retried while attempts remain"
 
 
 class Reporter:
@@ -97,12 +99,15 @@ def execute_job(job_id: str) -> None:
     except SoftTimeLimitExceeded:
         message = "the attempt ran past the worker's time limit; it resumes from its checkpoint"
         _retry(lease, settings, ErrorCode.TIME_LIMIT, message)
-    except Exception:
-        # The tenant gets a code and a sentence; the exception (which may name internal hosts,
-        # paths or buckets) goes to this worker's log with the job id.
-        log.exception("job %s: attempt %d failed", job_id, lease.attempt)
-        message = "an internal error interrupted the attempt; it is retried while attempts remain"
-        _retry(lease, settings, ErrorCode.INTERNAL_ERROR, message)
+    except Exception as e:
+        if (short := exhausted(e, work)) is not None:  # named, with its figures; retried later
+            log.warning("job %s: attempt %d: %s", job_id, lease.attempt, short)
+            _retry(lease, settings, short.code, str(short), settings.resource_retry_delay_s)
+        else:
+            # The tenant gets a code and a sentence; the exception (which may name internal
+            # hosts, paths or buckets) goes to this worker's log with the job id.
+            log.exception("job %s: attempt %d failed", job_id, lease.attempt)
+            _retry(lease, settings, ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE)
     finally:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -196,9 +201,13 @@ def _fail_unless_lease_lost(lease: Lease, error: dict) -> None:
         log.warning("job %s: lease lost before its failure could be written", lease.job_id)
 
 
-def _retry(lease: Lease, settings: Settings, code: ErrorCode, message: str) -> None:
-    """A failure that may pass: the job goes back to the queue while attempts remain."""
+def _retry(
+    lease: Lease, settings: Settings, code: ErrorCode, message: str, delay_s: float | None = None
+) -> None:
+    """A failure that may pass: the job goes back to the queue, its message sent after
+    `delay_s` (default `retry_delay_s`), while attempts remain; failed with it otherwise."""
+    delay = settings.retry_delay_s if delay_s is None else delay_s
     try:
-        lease.release(code.value, {"code": code.value, "message": message}, settings.retry_delay_s)
+        lease.release(code.value, {"code": code.value, "message": message}, delay)
     except LeaseLost:
         pass

@@ -1,4 +1,5 @@
-"""/healthz: the process is up. /readyz: the database, the broker and storage answer."""
+"""/healthz: the process is up. /readyz: the database, the broker and storage answer; and
+whether a reaper runs (reported, not required)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def readyz(settings: SettingsDep) -> JSONResponse:
         "storage": _check(lambda: _storage(settings)),
     }
     ready = all(c == "ok" for c in checks.values())
+    # Reported, not required: the API serves without one, but a dead worker's job stays
+    # `running` until a reaper (in a worker, or `blockprune reaper`) judges its lease.
+    checks["reaper"] = _check(_reaper) if checks["broker"] == "ok" else "unknown"
     body = {"status": "ready" if ready else "unavailable", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -59,6 +63,13 @@ def _broker(settings: Settings) -> None:
         client.ping()
     finally:
         client.close()
+
+
+def _reaper() -> None:
+    from service.queue import reaper_seen
+
+    if not reaper_seen():
+        raise RuntimeError("no reaper has made a pass lately (no worker, no `blockprune reaper`)")
 
 
 def _storage(settings: Settings) -> None:

@@ -122,11 +122,18 @@ class IntegrityError(ClientError):
 
 
 class WaitTimeout(ClientError):
-    """`jobs.wait` ran out of time; the job goes on, and `job` is how it was last seen."""
+    """`jobs.wait` ran out of time; the job goes on, and `job` is how it was last seen.
+    `unavailable`: what the service answered last, when it was down as time ran out."""
 
-    def __init__(self, job: Job, timeout: float) -> None:
-        super().__init__(f"job {job.id} is still {job.status.value} after {timeout:g} s")
-        self.job, self.timeout = job, timeout
+    def __init__(self, job: Job, timeout: float, unavailable: ClientError | None = None) -> None:
+        message = f"job {job.id} is still {job.status.value} after {timeout:g} s"
+        if unavailable is not None:
+            message = (
+                f"gave up on job {job.id} after {timeout:g} s: the service is unavailable "
+                f"({unavailable}); the job was last seen {job.status.value}"
+            )
+        super().__init__(message)
+        self.job, self.timeout, self.unavailable = job, timeout, unavailable
 
 
 def api_error(response: httpx.Response) -> ApiError:

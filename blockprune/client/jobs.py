@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from blockprune.client.errors import ClientError, IntegrityError, WaitTimeout
+from blockprune.client.errors import ApiError, ClientError, IntegrityError, WaitTimeout
 from blockprune.client.models import Artifacts, Event, EventList, Job, JobPage
-from blockprune.client.session import Session
+from blockprune.client.session import Session, retryable
 from contract import JobSpec, JobStatus
 
 
@@ -88,21 +88,34 @@ class Jobs:
     ) -> Job:
         """Poll the job until it succeeded, failed or was cancelled, and return it (whatever
         the ending: look at `status` and `error`). `on_update(job)` sees every poll. Past
-        `timeout` seconds a WaitTimeout is raised; the job goes on."""
+        `timeout` seconds a WaitTimeout is raised; the job goes on.
+
+        Once the job has been seen, an outage of the service (a 503 while its database is down,
+        no answer at all) is waited out as the job itself waits it out, after Retry-After, until
+        the job ends or `timeout` passes. Before that it is raised: a wrong URL fails at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        job: Job | None = None
         while True:
-            job = self.get(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.finished:
-                return job
+            outage: ClientError | None = None
+            try:
+                answer = self._s.api("GET", f"/v1/jobs/{job_id}", deadline=deadline)
+            except ClientError as e:
+                if job is None or not retryable(e):
+                    raise
+                outage, pause = e, (e.retry_after if isinstance(e, ApiError) else None) or poll
+            else:
+                job = Job.model_validate(answer)
+                if on_update is not None:
+                    on_update(job)
+                if job.finished:
+                    return job
+                pause = poll
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WaitTimeout(job, timeout or 0.0)
-                self._s.sleep(min(poll, left))
-            else:
-                self._s.sleep(poll)
+                    raise WaitTimeout(job, timeout or 0.0, outage) from outage
+                pause = min(pause, left)
+            self._s.sleep(pause)
 
     def download(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
         """Fetch every file of a succeeded job's export into `dest` (made if missing) and check

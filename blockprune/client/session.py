@@ -19,6 +19,7 @@ import httpx
 
 from blockprune.client.errors import (
     ApiError,
+    ClientError,
     ConnectionFailed,
     StorageError,
     api_error,
@@ -74,8 +75,10 @@ class Session:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         retry: bool = True,
+        deadline: float | None = None,
     ) -> Any:
-        """The JSON of a 2xx answer to an API call; an ApiError (a subclass by status) else."""
+        """The JSON of a 2xx answer to an API call; an ApiError (a subclass by status) else.
+        `deadline` (time.monotonic()): no retry waits past it."""
 
         def attempt() -> Any:
             response = self.http.request(
@@ -85,7 +88,7 @@ class Session:
                 raise api_error(response)
             return response.json()
 
-        return self.retrying(attempt, retry, f"{method} {self.base_url}{path}")
+        return self.retrying(attempt, retry, f"{method} {self.base_url}{path}", deadline)
 
     # ---- presigned URLs (S3) -----------------------------------------------------------------
     def put(
@@ -133,8 +136,11 @@ class Session:
         return self.retrying(attempt, True, what)
 
     # ---- retries -----------------------------------------------------------------------------
-    def retrying(self, attempt: Callable[[], T], retry: bool, what: str) -> T:
-        """attempt(), again after each transient failure while retries are left."""
+    def retrying(
+        self, attempt: Callable[[], T], retry: bool, what: str, deadline: float | None = None
+    ) -> T:
+        """attempt(), again after each transient failure while retries (and, if given, time
+        before `deadline`) are left."""
         tries = 0
         while True:
             try:
@@ -145,7 +151,7 @@ class Session:
                 )
                 hint = None
             except (ApiError, StorageError) as e:
-                if e.status not in RETRY_STATUSES:
+                if not retryable(e):
                     raise
                 failure, hint = e, e.retry_after
             tries += 1
@@ -154,10 +160,19 @@ class Session:
             wait = hint if hint is not None else self.backoff(tries)
             if wait > self.max_wait_s:  # not worth blocking the caller this long
                 raise failure
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise failure  # the caller's time is up before the next try
             self.sleep(wait)
 
     def backoff(self, tries: int) -> float:
         return backoff_s(tries, self.backoff_base_s, self.backoff_cap_s)
+
+
+def retryable(error: ClientError) -> bool:
+    """A failure that says "not now" (no answer, 429, 502-504), which `retrying` tries again."""
+    if isinstance(error, (ApiError, StorageError)):
+        return error.status in RETRY_STATUSES
+    return isinstance(error, ConnectionFailed)
 
 
 def _check_storage(response: httpx.Response, what: str) -> None:

@@ -117,6 +117,22 @@ def test_redis_restarted_mid_job(stack, tiny, reference):
     _recovers(stack, job_id, reference, "redis restarted mid-job")
 
 
+def test_redis_restarted_mid_fanout(stack, tiny, reference):
+    """A fanned-out job through a Redis restart: the shares made while Redis is down wait in
+    the outbox with "retry" events naming the broker, on the job; those lost with Redis are
+    re-sent by the reaper; the job ends with the undisturbed picks."""
+    stack.start_worker(BLOCKPRUNE_TEST_SCORE_DELAY_S="0.15")
+    body = {**stack.inputs("redis-fanout", *tiny), "parallelism": 2}
+    job_id = _submit(stack, body)
+    _when(stack, job_id, lambda j: j["phase"] == "searching")
+    stack.redis.stop()
+    try:
+        wait_until(lambda: _retries(stack, job_id, "broker"), timeout=30, what="broker retries")
+    finally:
+        stack.redis.start()
+    _recovers(stack, job_id, reference, "redis restarted mid-fan-out (parallelism 2)")
+
+
 def test_redis_down_at_submit(stack, tiny, reference):
     """POST answers at once with Redis down; the job's message waits in the outbox (retry
     events name the broker) and goes out once Redis is back."""
@@ -193,6 +209,42 @@ def test_s3_down_during_upload(stack, tiny, reference):
     finally:
         stack.gate.open()
     _recovers(stack, job_id, reference, "s3 down during upload")
+
+
+def test_s3_hung_during_upload_is_found_in_seconds_and_a_cancel_wins(stack, tiny, reference):
+    """S3 accepts connections and never answers while the export uploads: the worker's
+    timeouts (2 s here) find it in seconds and wait it out as an outage, with retry events
+    naming s3; a cancel sent meanwhile ends the job cancelled between two tries, and the sweep
+    empties its prefix once S3 answers again."""
+    stack.start_worker(
+        ITERATION_DELAY_S,
+        BLOCKPRUNE_S3_READ_TIMEOUT_S="2",
+        BLOCKPRUNE_S3_CONNECT_TIMEOUT_S="2",
+        BLOCKPRUNE_UPLOAD_SWEEP_INTERVAL_S="1",
+    )
+    job_id = _submit(stack, stack.inputs("s3-hung", *tiny))
+    _when(stack, job_id, lambda j: j["progress"]["iteration"] >= 3)  # the export comes next
+    stack.gate.hang()
+    hung = time.monotonic()
+    try:
+        wait_until(lambda: _retries(stack, job_id, "s3"), timeout=60, what="s3 retry events")
+        detected = time.monotonic() - hung
+        assert _final_status_now(stack, job_id) == "running"
+        with _client(stack) as c:
+            asked = time.monotonic()
+            assert c.post(f"/v1/jobs/{job_id}/cancel", headers=stack.headers).status_code == 200
+        _when(stack, job_id, lambda j: j["status"] == "cancelled", timeout=60)
+        cancelled = time.monotonic() - asked
+    finally:
+        stack.gate.unhang()
+    back = time.monotonic()
+    listed = lambda: stack.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"jobs/{job_id}/")  # noqa: E731
+    wait_until(lambda: listed().get("KeyCount") == 0, timeout=30, what="the prefix swept")
+    print(
+        f"\ns3 hung during upload: retry event {detected:.1f} s after the hang, cancelled "
+        f"{cancelled:.1f} s after the cancel, prefix empty {time.monotonic() - back:.1f} s "
+        "after S3 answered again"
+    )
 
 
 def test_an_outage_past_its_budget_fails_the_job_with_a_clear_code(stack, tiny, reference):

@@ -215,7 +215,9 @@ def sent(workers, monkeypatch) -> Sent:
 
     workers.stop()
     record = Sent()
-    monkeypatch.setattr(queue, "send", lambda kind, ref, task_id=None: record.append((kind, ref)))
+    monkeypatch.setattr(
+        queue, "send", lambda kind, ref, task_id=None, priority=0: record.append((kind, ref))
+    )
     return record
 
 

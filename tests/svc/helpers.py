@@ -181,12 +181,13 @@ class WorkerPool:
 
 class FlakyProxy:
     """A TCP proxy in front of `target_port` that forwards bytes both ways, and fails on demand:
-    it drops the next `fail_next` connections at once (a service briefly unreachable), or, shut,
+    it drops the next `fail_next` connections at once (a service briefly unreachable); shut, it
     refuses connections and cuts those in flight until it is opened again on the same port
-    (a service down)."""
+    (a service down); hung, it accepts connections and never answers (a service that hangs)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port, self.fail_next, self.dropped = target_port, 0, 0
+        self.hung = False  # accept connections and never answer (a hung service)
         self.port = free_port()
         self.server: socket.socket | None = None
         self.live: set[socket.socket] = set()
@@ -223,16 +224,41 @@ class FlakyProxy:
                 self.dropped += 1
                 client.close()
                 continue
+            if self.hung:  # held open, read from, never answered
+                with self.lock:
+                    self.live.add(client)
+                threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:
                 self.live.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
+    def hang(self) -> None:
+        """From now on, connections are accepted and never answered; those open stall (what
+        goes through them is swallowed)."""
+        self.hung = True
+
+    def unhang(self) -> None:
+        self.hung = False
+        with self.lock:
+            for conn in list(self.live):
+                _close(conn)
+            self.live.clear()
+
+    def _swallow(self, client: socket.socket) -> None:
+        try:
+            while client.recv(65536):
+                pass
+        except OSError:
+            pass
+
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self.hung:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:

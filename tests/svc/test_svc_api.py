@@ -152,13 +152,22 @@ def test_cursor_pagination_and_status_filter(service, database):
     assert service.get("/v1/jobs?status=done", headers=headers).status_code == 422
 
 
-def test_health_and_readiness(service):
+def test_health_and_readiness(service, sent):
+    from service import queue
     from service.settings import get_settings
 
     assert service.get("/healthz").json() == {"status": "ok"}
+    queue.mark_reaper_pass()  # as a worker's reaper thread does after each pass
     ready = service.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    checks = {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert ready.json()["checks"] == {**checks, "reaper": "ok"}
+
+    # No reaper lately (no worker, no `blockprune reaper`): reported, the API still ready.
+    queue._markers().delete(queue._reaper_key())
+    alone = service.get("/readyz")
+    assert alone.status_code == 200 and alone.json()["checks"] == {**checks, "reaper": "failed"}
+    queue.mark_reaper_pass()
 
     broken = get_settings().model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"})
     service.app.dependency_overrides[get_settings] = lambda: broken
@@ -168,7 +177,12 @@ def test_health_and_readiness(service):
         service.app.dependency_overrides.clear()
     assert down.status_code == 503
     # Which check failed, and nothing of why (no endpoint, no exception text): it needs no key.
-    assert down.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "failed"}
+    assert down.json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+        "storage": "failed",
+        "reaper": "ok",
+    }
     assert service.get("/openapi.json").json()["paths"].keys() >= {"/v1/jobs", "/readyz"}
     assert service.get("/docs").status_code == 200
 

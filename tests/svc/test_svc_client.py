@@ -23,6 +23,7 @@ from blockprune.client import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
+    ServerError,
     Unauthenticated,
     WaitTimeout,
 )
@@ -182,6 +183,55 @@ def test_no_answer_is_retried_then_raised(tmp_path):
             (tmp_path / "calib.txt").write_text("some text")
             c.uploads.calibration(tmp_path / "calib.txt")
     assert len(calls) == 4
+
+
+JOB = str(uuid.uuid4())
+DOWN = {"error": {"code": "dependency_unavailable", "message": "the database is unavailable"}}
+
+
+def _job(status: str) -> dict:
+    """GET /v1/jobs/{id}'s answer, with what the client's model needs."""
+    now = "2026-01-01T00:00:00Z"
+    return {"id": JOB, "model": "s3://b/m/", "calibration": "builtin:stdlib-docs",
+            "num_blocks": 1, "status": status, "phase": None, "metadata": {},
+            "webhook_url": None, "parallelism": 1, "progress": {}, "base_ppl": None,
+            "removed": [], "error": None, "attempts": 1, "max_attempts": 3, "created_at": now,
+            "updated_at": now, "started_at": None, "finished_at": None}  # fmt: skip
+
+
+def test_wait_waits_out_an_outage_within_its_timeout():
+    """PostgreSQL goes down under a wait (issue 23): its 503s are waited out after their
+    Retry-After, past the session's own retries, until the job ends or the timeout passes."""
+    calls: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if 2 <= len(calls) <= 6:
+            return httpx.Response(503, headers={"Retry-After": "0.3"}, json=DOWN)
+        return httpx.Response(200, json=_job("running" if len(calls) == 1 else "succeeded"))
+
+    mock = httpx.MockTransport(answer)
+    with Client("http://api.test", "bp_x", transport=mock, retries=1) as client:
+        assert client.jobs.wait(JOB, timeout=60, poll=0.01).status == JobStatus.SUCCEEDED
+    assert len(calls) == 7
+    assert min(b - a for a, b in zip(calls[1:-1], calls[2:], strict=True)) >= 0.3  # after 503s
+
+    # Still down at the timeout: a WaitTimeout on time, that says so.
+    calls.clear()
+    with Client("http://api.test", "bp_x", transport=mock, retries=1) as client:
+        began = time.monotonic()
+        with pytest.raises(WaitTimeout, match="the service is unavailable") as caught:
+            client.jobs.wait(JOB, timeout=1.0, poll=0.01)
+    assert time.monotonic() - began < 3
+    assert caught.value.job.status == JobStatus.RUNNING
+    assert isinstance(caught.value.unavailable, ServerError)
+
+    # Before the job was seen, the error is the caller's at once (a wrong URL, a wrong key).
+    mock = httpx.MockTransport(lambda r: httpx.Response(503, json=DOWN))
+    with Client("http://api.test", "bp_x", transport=mock, retries=0) as client:
+        with pytest.raises(ServerError) as error:
+            client.jobs.wait(JOB, timeout=60)
+    assert error.value.code == ErrorCode.DEPENDENCY_UNAVAILABLE
 
 
 def test_a_multipart_upload_sends_every_part_and_its_etag(tmp_path):
