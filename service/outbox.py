@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from contract import ErrorCode, JobStatus
@@ -57,20 +57,25 @@ def task_id(row: OutboxMessage) -> str:
     return f"{row.kind}-{row.ref}-{row.id}"
 
 
-def relay_once(settings: Settings, send: Send | None = None) -> int:
+def relay_once(settings: Settings, send: Send | None = None, wait_s: float = 0.0) -> int:
     """Send the due messages (with `send`, else service.queue.send); returns how many were
     sent. The first failure ends the pass (the broker is down: the others would fail the same
-    way, each after its timeouts)."""
+    way, each after its timeouts). Rows another relay holds are skipped, or with `wait_s`
+    waited for that long (then they are sent, by it or by this pass)."""
     send = send or queue.send
     sent = 0
     with transaction() as s:
-        rows = s.scalars(
+        query = (
             select(OutboxMessage)
             .where(OutboxMessage.send_after <= func.now())
             .order_by(OutboxMessage.id)
             .limit(BATCH)
-            .with_for_update(skip_locked=True)
         )
+        if wait_s > 0:
+            s.execute(text(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'"))
+            rows = s.scalars(query.with_for_update())
+        else:
+            rows = s.scalars(query.with_for_update(skip_locked=True))
         for row in rows:
             level = fairness.level(s, row.kind, row.ref, settings.queue_fairness)
             try:
@@ -83,11 +88,17 @@ def relay_once(settings: Settings, send: Send | None = None) -> int:
     return sent
 
 
+FLUSH_WAIT_S = 2.0
+
+
 def flush(settings: Settings) -> None:
     """Best effort, right after a commit that added messages: send them now rather than at the
-    next poll of a relay thread (a worker's pool process has none of its own)."""
+    next poll of a relay thread (a worker's pool process has none of its own). A worker calls
+    it before its task returns, and waits for rows another relay is sending: when it takes its
+    next message, what its task queued (a fanned-out job's shares) is in the queue already, so
+    the priorities (service.fairness) can put it first."""
     try:
-        relay_once(settings)
+        relay_once(settings, wait_s=FLUSH_WAIT_S)
     except Exception as e:  # the relay threads will
         log.warning("could not flush the outbox now (%s); a relay will send it", e)
 

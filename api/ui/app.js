@@ -82,7 +82,11 @@ async function signIn(event) {
   }
   $("who").textContent = `tenant ${tenant.name}`;
   $("signout").hidden = false;
-  route();
+  if (!location.hash) {
+    location.hash = "#/jobs"; // the address says where the user is; hashchange routes
+  } else {
+    route();
+  }
 }
 
 function start() {

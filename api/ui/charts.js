@@ -20,9 +20,12 @@ function frame(width, height, label) {
 
 // Step 0 is the unpruned model (base_ppl), step i the PPL after the i-th removal. While a search
 // runs, `pending` (the best candidate of the running iteration so far) is a hollow point.
-export function pplChart(basePpl, removed, totalSteps, pending) {
+export function pplChart(basePpl, removed, totalSteps, pending, ended = false) {
   if (typeof basePpl !== "number") {
-    return el("p", { class: "muted", text: "Waiting for the base model's PPL…" });
+    const words = ended
+      ? "The job ended before the base model's PPL was measured."
+      : "Waiting for the base model's PPL…";
+    return el("p", { class: "muted", text: words });
   }
   const ppls = [basePpl, ...removed.map((r) => r.ppl)];
   const W = 420;
@@ -94,8 +97,10 @@ export function pplChart(basePpl, removed, totalSteps, pending) {
 // Two rows (mha, mlp), one column per layer; a removed block is filled and labelled with the
 // step that removed it. The API does not give the model's layer count: `layers` is what the
 // page has seen (the highest layer named by the job, plus one).
-export function layerMap(removed, layers) {
-  if (layers < 1) return el("p", { class: "muted", text: "Nothing removed yet." });
+export function layerMap(removed, layers, ended = false) {
+  if (!removed.length && (ended || layers < 1)) {
+    return el("p", { class: "muted", text: ended ? "Nothing was removed." : "Nothing removed yet." });
+  }
   const stepOf = new Map(removed.map((r, n) => [`${r.block}.${r.layer}`, n + 1]));
   const W = 420;
   const x0 = 40;

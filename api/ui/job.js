@@ -20,6 +20,10 @@ import {
 } from "./dom.js";
 
 const POLL_MS = 1000;
+const FIELDS = [
+  ...["phase", "iteration", "scored", "best", "base", "method", "model"],
+  ...["calibration", "attempts", "finished"],
+];
 const RETRY_MS = 3000;
 
 let token = 0;
@@ -51,9 +55,12 @@ export function showJob(id) {
   $("cancel-box").hidden = true;
   $("cancel-confirm").hidden = true;
   $("view-job").dataset.polling = "live";
-  for (const field of ["phase", "iteration", "scored", "best", "base", "method", "model"]) {
-    setText(`job-${field}`, "");
-  }
+  // Every field of the job before: a job that fails to load shows none of another's figures.
+  for (const field of FIELDS) setText(`job-${field}`, "");
+  $("job-status").replaceChildren();
+  $("job-created").replaceChildren();
+  $("job-bar").style.width = "0%";
+  $("job-live").textContent = "loading…";
   poll(token, id);
 }
 
@@ -64,8 +71,13 @@ async function poll(mine, id) {
   } catch (e) {
     if (mine !== token) return;
     $("job-error").textContent = `Could not load the job: ${e.message}`;
-    if (e.status !== 404 && e.status !== 401) timer = setTimeout(() => poll(mine, id), RETRY_MS);
-    else $("view-job").dataset.polling = "stopped";
+    if (e.status !== 404 && e.status !== 401) {
+      $("job-live").textContent = `retrying in ${RETRY_MS / 1000} s`;
+      timer = setTimeout(() => poll(mine, id), RETRY_MS);
+    } else {
+      $("view-job").dataset.polling = "stopped";
+      $("job-live").textContent = "not updating";
+    }
     return;
   }
   if (mine !== token) return;
@@ -101,9 +113,17 @@ function draw(job) {
   const scored = p.total_candidates ? `${stage}${p.scored} / ${p.total_candidates}` : "";
   // evo's search before its removals: generations, not candidates
   const generation = p.generation != null ? `generation ${p.generation} / ${p.generations}` : "";
-  setText("job-scored", generation || scored);
-  const block = p.best_block ? ` (${p.best_block.block}.${p.best_block.layer})` : "";
-  setText("job-best", p.best_ppl === null ? "" : fmtPpl(p.best_ppl) + block);
+  const ended = TERMINAL.includes(job.status);
+  // A new iteration has scored nothing yet: what the last one showed stays until it has.
+  if (generation || scored || ended) setText("job-scored", generation || scored);
+  const last = job.removed.length ? job.removed[job.removed.length - 1] : null;
+  if (ended) {
+    const named = last ? ` (final, after ${last.block}.${last.layer})` : "";
+    setText("job-best", last ? fmtPpl(last.ppl) + named : "");
+  } else if (p.best_ppl !== null) {
+    const block = p.best_block ? ` (${p.best_block.block}.${p.best_block.layer})` : "";
+    setText("job-best", fmtPpl(p.best_ppl) + block);
+  }
   setText("job-base", fmtPpl(job.base_ppl));
   const search = job.search === "racing" ? ", racing" : "";
   setText("job-method", `${job.method}, ${job.block_types}${search}`);
@@ -121,12 +141,12 @@ function draw(job) {
   const named = [...job.removed, p.best_block, p.last_block].filter(Boolean);
   seen.layers = Math.max(seen.layers, ...named.map((b) => b.layer + 1));
   const pending = running && p.scored > 0 ? p.best_ppl : null;
-  const picture = JSON.stringify([job.base_ppl, job.removed, pending, seen.layers]);
+  const picture = JSON.stringify([job.base_ppl, job.removed, pending, seen.layers, ended]);
   if (picture !== seen.drawn) {
     seen.drawn = picture;
     const steps = p.total_iterations || job.num_blocks;
-    $("ppl-chart").replaceChildren(pplChart(job.base_ppl, job.removed, steps, pending));
-    $("layer-map").replaceChildren(layerMap(job.removed, seen.layers));
+    $("ppl-chart").replaceChildren(pplChart(job.base_ppl, job.removed, steps, pending, ended));
+    $("layer-map").replaceChildren(layerMap(job.removed, seen.layers, ended));
   }
   const report = job.evaluation && job.evaluation.report;
   $("evaluation").hidden = !report;
@@ -203,7 +223,7 @@ async function loadEvents(mine, id) {
           { "data-kind": e.kind },
           el("td", { class: "nowrap" }, timeEl(e.created_at)),
           el("td", { text: e.kind }),
-          el("td", { class: "wrap", text: eventDetails(e.data) }),
+          el("td", { class: "details", text: eventDetails(e.data) }),
         ),
       );
     $("events-table").replaceChildren(el("tbody", {}, ...rows));

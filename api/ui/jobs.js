@@ -1,5 +1,5 @@
 // #/jobs: the tenant's jobs, newest first, filtered by status, paged with the `after` cursor,
-// refreshed while any shown job is still active; and the "submit a job" form.
+// refreshed every 2 s while any shown job is active (5 s otherwise); and the "submit a job" form.
 
 import { api, newIdempotencyKey } from "./api.js";
 import {
@@ -17,6 +17,9 @@ import {
 const PAGE = 20;
 const MAX_PAGE = 100; // the API's page size limit (BLOCKPRUNE_API_PAGE_SIZE_MAX default)
 const REFRESH_MS = 2000;
+// With every shown job finished, the list still looks now and then: a job submitted elsewhere
+// (the CLI, another tab) appears without a press of Refresh.
+const IDLE_REFRESH_MS = 5000;
 
 let token = 0; // bumped when the view changes: an answer for an older view is dropped
 let timer = null;
@@ -78,8 +81,8 @@ async function fetchPage(mine, more) {
     $("jobs-error").textContent = `Could not load the jobs: ${e.message}`;
   }
   const active = list.jobs.some((job) => !TERMINAL.includes(job.status));
-  if (active && list.jobs.length <= MAX_PAGE) {
-    timer = setTimeout(() => fetchPage(mine, false), REFRESH_MS);
+  if (list.jobs.length <= MAX_PAGE) {
+    timer = setTimeout(() => fetchPage(mine, false), active ? REFRESH_MS : IDLE_REFRESH_MS);
   }
 }
 
@@ -90,16 +93,21 @@ function row(job) {
     progressBar(fractionOf(job)),
     el("span", { class: "muted", text: iterationText(job.progress) }),
   );
+  // data-label: a narrow window shows each row as a card, every cell with its column's name
   return el(
     "tr",
     { "data-job-id": job.id, "data-status": job.status },
-    el("td", {}, el("a", { href: `#/jobs/${job.id}`, title: job.id, text: job.id.slice(0, 8) })),
-    el("td", {}, statusBadge(job.status)),
-    el("td", { text: job.method }),
-    el("td", { class: "wrap model", text: job.model }),
-    el("td", {}, progress),
-    el("td", { class: "labels" }, ...metadataTags(job.metadata)),
-    el("td", { class: "nowrap" }, timeEl(job.created_at)),
+    el(
+      "td",
+      { "data-label": "job" },
+      el("a", { href: `#/jobs/${job.id}`, title: job.id, text: job.id.slice(0, 8) }),
+    ),
+    el("td", { "data-label": "status" }, statusBadge(job.status)),
+    el("td", { "data-label": "method", text: job.method }),
+    el("td", { class: "wrap model", "data-label": "model", text: job.model }),
+    el("td", { "data-label": "progress" }, progress),
+    el("td", { class: "labels", "data-label": "labels" }, ...metadataTags(job.metadata)),
+    el("td", { class: "nowrap", "data-label": "created" }, timeEl(job.created_at)),
   );
 }
 
@@ -177,6 +185,8 @@ async function submit(event) {
       headers: { "Idempotency-Key": lastKey },
     });
     lastBody = null;
+    form.reset(); // the next job starts from the defaults, the form closed
+    $("submit").open = false;
     location.hash = `#/jobs/${job.id}`;
   } catch (e) {
     $("submit-error").textContent = e.message;

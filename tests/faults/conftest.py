@@ -1,5 +1,6 @@
 """The fault-injection stack: private PostgreSQL, Redis and S3 (moto behind a gate), the API
-and a worker as real processes, all on ports of their own. Built once per module."""
+and a worker as real processes, all on ports of their own. Built once for every fault test (each
+test starts the worker it needs)."""
 
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ class Stack:
         self.pg.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def stack(request):
     root = Path(tempfile.mkdtemp(prefix="blockprune-faults-"))
     built = Stack(root)
@@ -175,7 +176,7 @@ def stack(request):
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def tiny(tmp_path_factory) -> tuple[Path, str]:
     """A tiny random 4-layer Llama (character tokenizer) and a calibration text."""
     from pydoc_data.topics import topics

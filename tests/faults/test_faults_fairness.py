@@ -12,7 +12,7 @@ import httpx
 import pytest
 from svc.helpers import wait_for
 
-from .test_faults import ITERATION_DELAY_S, _final, _submit
+from .test_faults import _final, _submit
 
 pytestmark = pytest.mark.slow
 BURST = 5
@@ -23,7 +23,7 @@ def _at(job: dict, field: str) -> datetime:
 
 
 def test_a_started_fanout_and_a_small_tenant_do_not_wait_for_a_burst(stack, tiny):
-    stack.start_worker(ITERATION_DELAY_S)
+    stack.start_worker()
     key_b = stack.cli("keys", "create", "--tenant", "faults-b").strip().splitlines()[-1]
     tenant_b = {"Authorization": f"Bearer {key_b}"}
     body = stack.inputs("fairness", *tiny)

@@ -1,7 +1,6 @@
 """A full disk, named honestly (issue 23, point 3): the job fails with disk_full and the figures
 (bytes needed and free) after its attempts, each retry a "retry" event with the same code and
-spaced by `resource_retry_delay_s`, not burned in seconds; the worker lives on and runs the
-next job once there is room.
+spaced by `resource_retry_delay_s`, not burned in seconds; the worker lives on.
 
 The worker's download cache is a 64 KiB tmpfs, smaller than the tiny model (150 KB): mounting
 one needs root (CI runs as root here); elsewhere the test says so and skips."""
@@ -62,8 +61,4 @@ def test_a_full_disk_is_named_with_its_figures_and_not_retried_in_seconds(stack,
         f"\ndisk full: failed disk_full after {job['attempts']} attempts in {took:.1f} s, "
         f"attempts {', '.join(f'{g:.1f}' for g in gaps)} s apart; {error['message']}"
     )
-    # The worker lives on: with room again, the next job runs.
-    assert stack.worker is not None and stack.worker.proc.poll() is None
-    stack.start_worker()
-    again = _final(stack, _submit(stack, stack.inputs("disk-room", *tiny)))
-    assert again["status"] == "succeeded"
+    assert stack.worker is not None and stack.worker.proc.poll() is None  # the worker lives on
