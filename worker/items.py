@@ -34,12 +34,11 @@ from worker import metrics
 from worker.job_inputs import prepare
 from worker.leases import FencedLease, Heartbeat, LeaseLost
 from worker.outages import DependencyUnavailable, outlasts_database_outages, through_outages
-from worker.resources import exhausted
+from worker.resources import unexpected_failure
 from worker.scratch import job_scratch
 from worker.sweep import sweep_job
 
 log = logging.getLogger(__name__)
-INTERNAL_MESSAGE = "an internal error interrupted a work item; it is retried while attempts remain"
 
 
 class Stop(Exception):
@@ -206,13 +205,9 @@ def execute_item(item_id: int) -> None:
         except (LeaseLost, Stop):
             pass
     except Exception as e:
-        if (short := exhausted(e, settings.work_dir)) is not None:
-            log.warning("work item %s: %s", item_id, short)
-            error, delay = short.to_json(), settings.resource_retry_delay_s
-        else:
-            log.exception("work item %s failed", item_id)
-            error = {"code": ErrorCode.INTERNAL_ERROR.value, "message": INTERNAL_MESSAGE}
-            delay = settings.retry_delay_s
+        error, delay = unexpected_failure(
+            e, settings.work_dir, settings, f"work item {item_id}", "a work item"
+        )
         try:
             lease.release(delay, error)
         except (LeaseLost, Stop):

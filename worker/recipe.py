@@ -16,7 +16,7 @@ from service.storage import s3_client
 from worker.job_inputs import fetch_evaluation_data
 from worker.leases import FencedLease
 from worker.outages import Dependency, through_outages
-from worker.uploads import UploadStopped, upload_export, write_manifest
+from worker.uploads import upload_export, write_manifest
 
 
 def worker_hooks(
@@ -53,10 +53,10 @@ def worker_hooks(
                 on_retry=lease.note_retry,
                 should_stop=should_stop,
             )
-        except UploadStopped:
-            return None  # the recipe sees the stop next, and ends the job cancelled
         except Exception:
-            if should_stop():  # a cancel or a lost lease cut an outage's wait short
+            # A cancel or a lost lease stopped the upload (UploadStopped) or cut an outage's
+            # wait short: the recipe sees the stop next, and ends the job cancelled.
+            if should_stop():
                 return None
             raise
 

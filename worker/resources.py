@@ -11,11 +11,15 @@ then, or another worker takes it; the last attempt's figures become the job's er
 from __future__ import annotations
 
 import errno
+import logging
 import re
 import shutil
 from pathlib import Path
 
 from contract import ErrorCode
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 # torch: "you tried to allocate 9007199254740992 bytes" (CPU), "Tried to allocate 2.00 GiB" (CUDA)
@@ -61,6 +65,22 @@ def check_disk(path: Path, needed: int, what: str) -> None:
         raise ResourceExhausted(
             ErrorCode.DISK_FULL, f"the worker's disk is full for {what}", needed, free
         )
+
+
+def unexpected_failure(
+    error: Exception, scratch: Path, settings: Settings, what: str, interrupted: str
+) -> tuple[dict[str, str], float]:
+    """The error the tenant reads for an unexpected failure of `what` (for this worker's log),
+    and the wait before its retry. A disk or memory exhausted: named with its figures, retried
+    after `resource_retry_delay_s`. Anything else: internal_error, "an internal error interrupted
+    `interrupted`", retried after `retry_delay_s`; the exception, which may name internal hosts,
+    paths or buckets, goes to this worker's log only. Called in the `except` block."""
+    if (short := exhausted(error, scratch)) is not None:
+        log.warning("%s: %s", what, short)
+        return short.to_json(), settings.resource_retry_delay_s
+    log.exception("%s failed", what)
+    message = f"an internal error interrupted {interrupted}; it is retried while attempts remain"
+    return {"code": ErrorCode.INTERNAL_ERROR.value, "message": message}, settings.retry_delay_s
 
 
 def exhausted(error: BaseException, scratch: Path) -> ResourceExhausted | None:

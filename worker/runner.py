@@ -26,12 +26,11 @@ from worker.job_inputs import prepare
 from worker.leases import CancelRequested, Heartbeat, Lease, LeaseLost
 from worker.outages import DependencyUnavailable, through_outages
 from worker.recipe import commit_export, worker_hooks
-from worker.resources import exhausted
+from worker.resources import unexpected_failure
 from worker.scratch import job_scratch
 from worker.sweep import sweep_job
 
 log = logging.getLogger(__name__)
-INTERNAL_MESSAGE = "an internal error interrupted the attempt; it is retried while attempts remain"
 
 
 class Reporter:
@@ -98,16 +97,11 @@ def execute_job(job_id: str) -> None:
         _fail_unless_lease_lost(lease, _for_tenant(e, lease, settings, work).to_json())
     except SoftTimeLimitExceeded:
         message = "the attempt ran past the worker's time limit; it resumes from its checkpoint"
-        _retry(lease, settings, ErrorCode.TIME_LIMIT, message)
+        error = {"code": ErrorCode.TIME_LIMIT.value, "message": message}
+        _retry(lease, error, settings.retry_delay_s)
     except Exception as e:
-        if (short := exhausted(e, work)) is not None:  # named, with its figures; retried later
-            log.warning("job %s: attempt %d: %s", job_id, lease.attempt, short)
-            _retry(lease, settings, short.code, str(short), settings.resource_retry_delay_s)
-        else:
-            # The tenant gets a code and a sentence; the exception (which may name internal
-            # hosts, paths or buckets) goes to this worker's log with the job id.
-            log.exception("job %s: attempt %d failed", job_id, lease.attempt)
-            _retry(lease, settings, ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE)
+        what = f"job {job_id}: attempt {lease.attempt}"
+        _retry(lease, *unexpected_failure(e, work, settings, what, "the attempt"))
     finally:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -201,13 +195,10 @@ def _fail_unless_lease_lost(lease: Lease, error: dict) -> None:
         log.warning("job %s: lease lost before its failure could be written", lease.job_id)
 
 
-def _retry(
-    lease: Lease, settings: Settings, code: ErrorCode, message: str, delay_s: float | None = None
-) -> None:
+def _retry(lease: Lease, error: dict[str, str], delay_s: float) -> None:
     """A failure that may pass: the job goes back to the queue, its message sent after
-    `delay_s` (default `retry_delay_s`), while attempts remain; failed with it otherwise."""
-    delay = settings.retry_delay_s if delay_s is None else delay_s
+    `delay_s`, while attempts remain; failed with `error` otherwise."""
     try:
-        lease.release(code.value, {"code": code.value, "message": message}, delay)
+        lease.release(error["code"], error, delay_s)
     except LeaseLost:
         pass

@@ -60,14 +60,7 @@ def sweep_uploads(settings: Settings, s3: Any | None = None) -> Swept:
             session.delete(upload)
             swept.uploads += 1
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=settings.upload_ttl_s)
-    pages = s3.get_paginator("list_multipart_uploads").paginate(
-        Bucket=bucket, Prefix=UPLOADS_PREFIX
-    )
-    for page in pages:
-        for mp in page.get("Uploads", []):
-            if mp["Initiated"] < cutoff:
-                _abort(s3, bucket, mp["Key"], mp["UploadId"])
-                swept.multipart += 1
+    swept.multipart += _abort_under(s3, bucket, UPLOADS_PREFIX, initiated_before=cutoff)
     if swept.uploads or swept.multipart:
         log.info(
             "upload sweep: %d abandoned uploads, %d multipart uploads",
@@ -105,12 +98,24 @@ def sweep_ended_jobs(settings: Settings, s3: Any | None = None) -> int:
 def _empty_job_prefix(s3: Any, bucket: str, job: Job) -> None:
     assert JobStatus(job.status).terminal and job.status != JobStatus.SUCCEEDED
     prefix = job_prefix(job.id)
+    _abort_under(s3, bucket, prefix)
+    _delete_prefix(s3, bucket, prefix)
+    job.export_swept_at = func.now()
+
+
+def _abort_under(
+    s3: Any, bucket: str, prefix: str, initiated_before: datetime | None = None
+) -> int:
+    """Abort the multipart uploads under `prefix` (those begun before `initiated_before`, if
+    given); returns how many."""
+    aborted = 0
     pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
     for page in pages:
         for mp in page.get("Uploads", []):
-            _abort(s3, bucket, mp["Key"], mp["UploadId"])
-    _delete_prefix(s3, bucket, prefix)
-    job.export_swept_at = func.now()
+            if initiated_before is None or mp["Initiated"] < initiated_before:
+                _abort(s3, bucket, mp["Key"], mp["UploadId"])
+                aborted += 1
+    return aborted
 
 
 def _abort(s3: Any, bucket: str, key: str, upload_id: str) -> None:
